@@ -1,0 +1,86 @@
+//! Injected time.
+//!
+//! The core never reads the system clock itself: every list holds a [`Clock`] and asks it
+//! for "now" as a [`Duration`] since the clock's own epoch. Production code uses
+//! [`MonotonicClock`]; tests drive a [`ManualClock`] so error windows and revivals are
+//! exercised deterministically, without sleeping.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A monotonic source of time.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    /// Time elapsed since this clock's epoch; never decreases.
+    fn now(&self) -> Duration;
+}
+
+/// The process's monotonic clock, with its epoch at construction.
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock {
+    epoch: Instant,
+}
+
+impl MonotonicClock {
+    /// A clock whose epoch is now.
+    pub fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+}
+
+/// A clock that only moves when told to; share it with `Arc` between a test and a list.
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    nanos: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock standing at `start`.
+    pub fn new(start: Duration) -> Self {
+        Self {
+            nanos: AtomicU64::new(duration_to_nanos(start)),
+        }
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.nanos
+            .fetch_add(duration_to_nanos(by), Ordering::Relaxed);
+    }
+
+    /// Moves the clock to `to`; a time before the current one is ignored (monotonic).
+    pub fn set(&self, to: Duration) {
+        self.nanos
+            .fetch_max(duration_to_nanos(to), Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+impl<C: Clock> Clock for std::sync::Arc<C> {
+    fn now(&self) -> Duration {
+        (**self).now()
+    }
+}
+
+/// Saturating conversion to nanoseconds (584 years fit in a `u64`).
+pub(crate) fn duration_to_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

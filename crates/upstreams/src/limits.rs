@@ -1,0 +1,174 @@
+//! Tunables of a list. Defaults are rspamd's (SPEC.md §2).
+
+use std::time::Duration;
+
+/// How the consistent hash maps keys to upstreams (SPEC.md §3.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum HashMode {
+    /// Slot table with per-key probe sequence: minimal movement, exact shares, O(1).
+    #[default]
+    Balanced,
+    /// rspamd's ketama ring, bit-compatible with rspamd's own picks.
+    RspamdRing,
+}
+
+impl std::str::FromStr for HashMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "balanced" => Ok(Self::Balanced),
+            "rspamd-ring" | "rspamd" | "ring" | "ketama" => Ok(Self::RspamdRing),
+            other => Err(format!(
+                "unknown hash mode {other:?} (expected balanced or rspamd-ring)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for HashMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Balanced => "balanced",
+            Self::RspamdRing => "rspamd-ring",
+        })
+    }
+}
+
+/// Limits and options of one list. Build with `Limits::default().with_*(…)`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Failures tolerated per `error_time` before an upstream goes offline.
+    pub max_errors: u32,
+    /// Length of the error window.
+    pub error_time: Duration,
+    /// How long an offline upstream stays out before it is revived.
+    pub revive_time: Duration,
+    /// Revive after `revive_time × (1 + U[0,1) × revive_jitter)`; 0 means exactly `revive_time`.
+    pub revive_jitter: f64,
+    /// Time allowed for one DNS query (used by the DNS shell).
+    pub dns_timeout: Duration,
+    /// DNS retransmissions after the first query (used by the DNS shell).
+    pub dns_retransmits: u32,
+    /// Names are re-resolved this often (+0–10 % jitter).
+    pub lazy_resolve_time: Duration,
+    /// An upstream is never re-resolved more often than this (clamped to `revive_time`).
+    pub resolve_min_interval: Duration,
+    /// Longest delay between two probes of a pool that is wholly offline.
+    pub probe_max_backoff: Duration,
+    /// Jitter applied to probe backoff.
+    pub probe_jitter: f64,
+    /// When non-zero, a revived upstream's weight ramps from 0 to full over this window.
+    pub slow_start: Duration,
+    /// Half-life of the latency estimate used by p2c.
+    pub latency_half_life: Duration,
+    /// Latency assumed for an upstream with no sample yet (p2c).
+    pub default_latency: Duration,
+    /// When non-zero, this many failures in a row take an upstream offline at once.
+    pub max_consecutive_errors: u32,
+    /// Consistent-hash mode used by [`Rotation::Hashed`](crate::Rotation::Hashed).
+    pub hash_mode: HashMode,
+    /// Seed for the random choices of this list (random, p2c, jitter); `None` draws from
+    /// a per-thread generator. Set it in tests for reproducible runs.
+    pub seed: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_errors: 4,
+            error_time: Duration::from_secs(10),
+            revive_time: Duration::from_secs(60),
+            revive_jitter: 0.4,
+            dns_timeout: Duration::from_secs(1),
+            dns_retransmits: 2,
+            lazy_resolve_time: Duration::from_secs(3600),
+            resolve_min_interval: Duration::from_secs(60),
+            probe_max_backoff: Duration::from_secs(600),
+            probe_jitter: 0.3,
+            slow_start: Duration::ZERO,
+            latency_half_life: Duration::from_secs(60),
+            default_latency: Duration::from_millis(5),
+            max_consecutive_errors: 0,
+            hash_mode: HashMode::Balanced,
+            seed: None,
+        }
+    }
+}
+
+macro_rules! with {
+    ($($(#[$doc:meta])* $name:ident => $field:ident: $ty:ty;)*) => {
+        impl Limits {
+            $(
+                $(#[$doc])*
+                #[must_use]
+                pub fn $name(mut self, value: $ty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+with! {
+    /// Sets `max_errors`.
+    with_max_errors => max_errors: u32;
+    /// Sets `error_time`.
+    with_error_time => error_time: Duration;
+    /// Sets `revive_time`.
+    with_revive_time => revive_time: Duration;
+    /// Sets `revive_jitter` (clamped to 0..=1 when used).
+    with_revive_jitter => revive_jitter: f64;
+    /// Sets `dns_timeout`.
+    with_dns_timeout => dns_timeout: Duration;
+    /// Sets `dns_retransmits`.
+    with_dns_retransmits => dns_retransmits: u32;
+    /// Sets `lazy_resolve_time`.
+    with_lazy_resolve_time => lazy_resolve_time: Duration;
+    /// Sets `resolve_min_interval`.
+    with_resolve_min_interval => resolve_min_interval: Duration;
+    /// Sets `probe_max_backoff`.
+    with_probe_max_backoff => probe_max_backoff: Duration;
+    /// Sets `probe_jitter`.
+    with_probe_jitter => probe_jitter: f64;
+    /// Sets `slow_start`.
+    with_slow_start => slow_start: Duration;
+    /// Sets `latency_half_life`.
+    with_latency_half_life => latency_half_life: Duration;
+    /// Sets `default_latency`.
+    with_default_latency => default_latency: Duration;
+    /// Sets `max_consecutive_errors`.
+    with_max_consecutive_errors => max_consecutive_errors: u32;
+    /// Sets `hash_mode`.
+    with_hash_mode => hash_mode: HashMode;
+    /// Sets `seed`.
+    with_seed => seed: Option<u64>;
+}
+
+impl Limits {
+    /// `resolve_min_interval`, clamped to at most `revive_time` (SPEC.md §2).
+    pub fn effective_resolve_min_interval(&self) -> Duration {
+        self.resolve_min_interval.min(self.revive_time)
+    }
+
+    /// Validates the figures, naming the first bad one.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let bad = |what: &'static str, why: &'static str| Err(crate::Error::InvalidLimit { what, why });
+        if self.error_time.is_zero() {
+            return bad("error_time", "must be greater than zero");
+        }
+        if !(0.0..=1.0).contains(&self.revive_jitter) || self.revive_jitter.is_nan() {
+            return bad("revive_jitter", "must be within 0..=1");
+        }
+        if !(0.0..=1.0).contains(&self.probe_jitter) || self.probe_jitter.is_nan() {
+            return bad("probe_jitter", "must be within 0..=1");
+        }
+        if self.latency_half_life.is_zero() {
+            return bad("latency_half_life", "must be greater than zero");
+        }
+        Ok(())
+    }
+}

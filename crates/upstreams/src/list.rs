@@ -1,0 +1,422 @@
+//! The list: membership snapshot, health counters, and the pick entry points.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::clock::{Clock, MonotonicClock};
+use crate::event::{Callback, Event, Events, Watchers};
+use crate::health::{self, Rng};
+use crate::limits::Limits;
+use crate::parse::Definition;
+use crate::select::{Members, Rotation};
+use crate::upstream::{FailKind, Upstream};
+use crate::Error;
+
+/// State shared by a list and its upstreams (no reference back to the upstreams, so no
+/// reference cycle).
+pub(crate) struct Shared {
+    pub(crate) limits: Limits,
+    clock: Arc<dyn Clock>,
+    watchers: Watchers,
+    pub(crate) rng: Rng,
+    /// Upstreams in `Alive`.
+    pub(crate) alive: AtomicUsize,
+    /// Upstreams in `Offline` or `Probing`.
+    pub(crate) offline: AtomicUsize,
+    members: AtomicUsize,
+    /// Earliest revive deadline among offline upstreams (ns), `u64::MAX` when none.
+    pub(crate) next_revive: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn now_ns(&self) -> u64 {
+        health::nanos(self.clock.now())
+    }
+
+    pub(crate) fn member_count(&self) -> usize {
+        self.members.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn emit(&self, event: Event, upstream: &Upstream, errors: u32) {
+        self.watchers.emit(event, upstream, errors);
+    }
+
+    pub(crate) fn revive_delay(&self) -> u64 {
+        health::jittered(
+            self.limits.revive_time,
+            self.limits.revive_jitter,
+            self.rng.unit(),
+        )
+    }
+
+    /// `from` → `Offline { until }` in one CAS; true for the single winner.
+    pub(crate) fn go_offline(&self, up: &Upstream, from: u64, until: u64) -> bool {
+        let word = health::pack_offline(until);
+        // AcqRel: the winner's counter updates below must not be reordered before it wins.
+        if up
+            .state
+            .compare_exchange(from, word, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        if from == health::ALIVE {
+            self.alive.fetch_sub(1, Ordering::Relaxed);
+            self.offline.fetch_add(1, Ordering::Relaxed);
+        }
+        // SeqCst pairs with the reviver's swap: a deadline published here is either seen by
+        // its scan or survives its final fetch_min.
+        self.next_revive.fetch_min(until, Ordering::SeqCst);
+        true
+    }
+
+    /// `from` (exact tag) → Alive in one CAS; true for the single winner.
+    pub(crate) fn try_transition(&self, up: &Upstream, from: u64, to: u64, now: u64) -> bool {
+        debug_assert_eq!(to, health::ALIVE);
+        if up
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        self.came_back(up, from, now);
+        true
+    }
+
+    fn came_back(&self, up: &Upstream, from: u64, now: u64) {
+        if health::tag(from) == health::PROBING || health::offline_until(from).is_some() {
+            self.offline.fetch_sub(1, Ordering::Relaxed);
+        }
+        up.revived_at.store(now, Ordering::Relaxed);
+        self.alive.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("limits", &self.limits)
+            .field("alive", &self.alive)
+            .field("offline", &self.offline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An upstream list: parse a definition, pick upstreams, report outcomes.
+///
+/// Share it with `Arc`; every method takes `&self`. Picking is lock-free and does not
+/// allocate; membership lives in one immutable snapshot swapped whole.
+pub struct UpstreamList {
+    shared: Arc<Shared>,
+    members: ArcSwap<Members>,
+    rotation: Option<Rotation>,
+}
+
+impl UpstreamList {
+    /// Parses `definition` with `default_port` and builds a list with `limits` and the
+    /// process's monotonic clock.
+    pub fn parse(definition: &str, default_port: u16, limits: Limits) -> Result<Self, Error> {
+        let def = Definition::parse(definition, default_port)?;
+        Self::new(&def, limits)
+    }
+
+    /// Builds a list from a parsed definition with the monotonic clock.
+    pub fn new(definition: &Definition, limits: Limits) -> Result<Self, Error> {
+        Self::with_clock(definition, limits, Arc::new(MonotonicClock::new()))
+    }
+
+    /// Builds a list whose time comes from `clock` (a manual clock in tests).
+    pub fn with_clock(
+        definition: &Definition,
+        limits: Limits,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, Error> {
+        limits.validate()?;
+        let entries = definition.entries();
+        if entries.len() > crate::select::MAX_MEMBERS {
+            return Err(Error::TooManyUpstreams(entries.len()));
+        }
+        let shared = Arc::new(Shared {
+            rng: Rng::new(limits.seed),
+            limits,
+            clock,
+            watchers: Watchers::default(),
+            alive: AtomicUsize::new(0),
+            offline: AtomicUsize::new(0),
+            members: AtomicUsize::new(entries.len()),
+            next_revive: AtomicU64::new(u64::MAX),
+        });
+        let upstreams: Vec<Arc<Upstream>> = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Upstream::new(e.clone(), i, Arc::clone(&shared)))
+            .collect();
+        let alive = upstreams.iter().filter(|u| u.is_alive()).count();
+        shared.alive.store(alive, Ordering::Relaxed);
+        let members = Members::build(upstreams, shared.limits.hash_mode);
+        Ok(Self {
+            shared,
+            members: ArcSwap::from_pointee(members),
+            rotation: definition.rotation(),
+        })
+    }
+
+    /// The rotation named by the definition's prefix, if any.
+    pub fn rotation(&self) -> Option<Rotation> {
+        self.rotation
+    }
+
+    /// The limits the list was built with.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// Number of configured upstreams.
+    pub fn len(&self) -> usize {
+        self.members.load().upstreams.len()
+    }
+
+    /// True when the list has no upstream (never after a successful parse).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of upstreams currently `Alive`.
+    pub fn alive_count(&self) -> usize {
+        self.shared.alive.load(Ordering::Relaxed)
+    }
+
+    /// Every configured upstream in configuration order (a view: retires nothing).
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.members.load().upstreams.to_vec()
+    }
+
+    /// The upstream named `name` (first in configuration order).
+    pub fn find(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.members
+            .load()
+            .upstreams
+            .iter()
+            .find(|u| u.name() == name)
+            .cloned()
+    }
+
+    /// Subscribes `callback` to `events`; it receives the event, the upstream and the
+    /// upstream's error count at that moment.
+    pub fn add_watcher<F>(&self, events: impl Into<Events>, callback: F)
+    where
+        F: Fn(Event, &Upstream, u32) + Send + Sync + 'static,
+    {
+        let callback: Box<Callback> = Box::new(callback);
+        self.shared.watchers.add(events.into(), callback);
+    }
+
+    /// Picks with the list's own rotation when its definition named one, else `rotation`
+    /// (rspamd's non-forced get). `key` matters for [`Rotation::Hashed`] only.
+    pub fn get(&self, rotation: Rotation, key: &[u8]) -> Option<Picked> {
+        self.pick(self.rotation.unwrap_or(rotation), key, None)
+    }
+
+    /// Picks with `rotation` whatever the definition's prefix says.
+    pub fn get_forced(&self, rotation: Rotation, key: &[u8]) -> Option<Picked> {
+        self.pick(rotation, key, None)
+    }
+
+    /// Picks any upstream but `except` (for retries); returns `except` only when it is the
+    /// one selectable upstream.
+    pub fn get_except(&self, except: &Upstream, rotation: Rotation, key: &[u8]) -> Option<Picked> {
+        let rotation = self.rotation.unwrap_or(rotation);
+        self.pick(rotation, key, Some(except))
+            .or_else(|| self.pick(rotation, key, None))
+    }
+
+    /// Token-bucket pick (SPEC.md item 27) for a request of `size` bytes.
+    pub fn get_token_bucket(&self, size: usize) -> Option<Picked> {
+        let members = self.members.load();
+        if let Some(probe) = self.maintain(&members) {
+            return Some(probe);
+        }
+        let now = self.shared.now_ns();
+        let (index, cost) = crate::select::tokens::pick(&members.upstreams, size, now)?;
+        Some(self.hand_out(&members.upstreams[index], cost))
+    }
+
+    fn pick(&self, rotation: Rotation, key: &[u8], except: Option<&Upstream>) -> Option<Picked> {
+        let members = self.members.load();
+        if let Some(probe) = self.maintain(&members) {
+            return Some(probe);
+        }
+        let except = except.and_then(|e| {
+            members
+                .upstreams
+                .get(e.index())
+                .filter(|u| std::ptr::eq(u.as_ref(), e))
+                .map(|_| e.index())
+        });
+        let index = members.select(rotation, key, except, &self.shared)?;
+        Some(self.hand_out(&members.upstreams[index], 0))
+    }
+
+    fn hand_out(&self, upstream: &Arc<Upstream>, tokens: u32) -> Picked {
+        upstream.on_pick();
+        Picked {
+            upstream: Arc::clone(upstream),
+            tokens,
+            done: false,
+        }
+    }
+
+    /// Lazy revival (SPEC.md items 33–34): when some offline upstream's deadline has passed,
+    /// bring it back, or, when nothing is alive, hand one out as the probe.
+    fn maintain(&self, members: &Members) -> Option<Picked> {
+        let shared = &self.shared;
+        if shared.offline.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let now = shared.now_ns();
+        if now < shared.next_revive.load(Ordering::SeqCst) {
+            return None;
+        }
+        // SeqCst: see `Shared::go_offline`.
+        shared.next_revive.swap(u64::MAX, Ordering::SeqCst);
+        let mut earliest = u64::MAX;
+        let mut probe = None;
+        for up in members.upstreams.iter() {
+            let word = up.state.load(Ordering::Acquire);
+            let Some(until) = health::offline_until(word) else {
+                continue;
+            };
+            if until > now {
+                earliest = earliest.min(until);
+                continue;
+            }
+            if shared.alive.load(Ordering::Relaxed) > 0 {
+                if shared.try_transition(up, word, health::ALIVE, now) {
+                    shared.emit(Event::Online, up, up.errors());
+                }
+            } else if probe.is_none() {
+                if up
+                    .state
+                    .compare_exchange(word, health::PROBING, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    probe = Some(self.hand_out(up, 0));
+                }
+            } else {
+                // Still due: leave the deadline in place for the next caller.
+                earliest = earliest.min(until);
+            }
+        }
+        shared.next_revive.fetch_min(earliest, Ordering::SeqCst);
+        probe
+    }
+
+    /// Hands a resolver's answer to the upstream named by `upstream` (A/AAAA addresses; the
+    /// port is the upstream's). A pending upstream becomes alive and `online` fires; an empty
+    /// answer keeps the current addresses. Returns whether the addresses changed.
+    pub fn set_addresses(&self, upstream: &Upstream, ips: &[IpAddr]) -> bool {
+        let changed = upstream.replace_addrs(ips);
+        if !ips.is_empty() {
+            let now = self.shared.now_ns();
+            if self
+                .shared
+                .try_transition(upstream, health::PENDING, health::ALIVE, now)
+            {
+                self.shared.emit(Event::Online, upstream, 0);
+            }
+        }
+        changed
+    }
+}
+
+impl fmt::Debug for UpstreamList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamList")
+            .field("rotation", &self.rotation)
+            .field("upstreams", &self.members.load().upstreams)
+            .finish()
+    }
+}
+
+impl fmt::Display for UpstreamList {
+    /// Prints a definition that parses back to the same list.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(rotation) = self.rotation {
+            write!(f, "{}:", rotation.prefix())?;
+        }
+        for (i, up) in self.members.load().upstreams.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}", up.entry())?;
+        }
+        Ok(())
+    }
+}
+
+/// A picked upstream. End it with [`ok`](Picked::ok), [`fail`](Picked::fail) or
+/// [`release`](Picked::release); dropping it releases it (so an abandoned probe never blocks
+/// the upstream).
+#[must_use = "report the outcome with ok(), fail() or release()"]
+pub struct Picked {
+    upstream: Arc<Upstream>,
+    tokens: u32,
+    done: bool,
+}
+
+impl Picked {
+    /// The picked upstream, as an owning handle.
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
+    /// Reports success.
+    pub fn ok(mut self) {
+        self.done = true;
+        self.upstream.tokens.give_back(self.tokens, true);
+        self.upstream.ok();
+    }
+
+    /// Reports failure.
+    pub fn fail(mut self, kind: FailKind, reason: &str) {
+        self.done = true;
+        self.upstream.tokens.give_back(self.tokens, false);
+        self.upstream.fail(kind, reason);
+    }
+
+    /// Ends the pick without a verdict.
+    pub fn release(mut self) {
+        self.done = true;
+        self.upstream.tokens.give_back(self.tokens, true);
+        self.upstream.release();
+    }
+}
+
+impl Deref for Picked {
+    type Target = Upstream;
+
+    fn deref(&self) -> &Upstream {
+        &self.upstream
+    }
+}
+
+impl Drop for Picked {
+    fn drop(&mut self) {
+        if !self.done {
+            self.upstream.tokens.give_back(self.tokens, true);
+            self.upstream.release();
+        }
+    }
+}
+
+impl fmt::Debug for Picked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Picked").field(&self.upstream.name()).finish()
+    }
+}

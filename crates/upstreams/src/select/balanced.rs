@@ -1,0 +1,288 @@
+//! The `balanced` consistent hash (SPEC.md item 23): a slot table with a per-key probe
+//! sequence.
+//!
+//! # Algorithm
+//! 1. Each member gets an identity hash from its name (and its ordinal among duplicates)
+//!    and a slot quota proportional to its weight (`max(weight, 1)`), at least one slot.
+//! 2. A table of `M` slots (`M = 16 × next_pow2(total weight)`, clamped to 2^14..=2^22) is
+//!    filled Maglev-style: members take turns claiming the next free slot of their own
+//!    permutation `offset + i × skip (mod M)` until their quota is met. Built once per
+//!    membership change, off the pick path.
+//! 3. Quotas are integers, so shares would be off by up to one slot. *Thinning* makes them
+//!    exact: member `j` accepts a probe with probability `p_j = (w_j / t_j) / max_k(w_k / t_k)`
+//!    (`t_j` = its slots), decided by 32 further bits of the probe hash.
+//! 4. A key hashes (XXH3, fixed seed) to `h`; probe `i` uses `h` for `i = 0` and
+//!    `mix(h + i·φ)` after. The slot is the probe's top bits (multiply-high by a power of
+//!    two). The first probe whose owner is selectable and accepts wins.
+//! 5. After 64 probes, a weighted rendezvous hash (integer fixed-point `−log2`) over the
+//!    selectable members decides, so even a mostly-offline pool answers in bounded time.
+//!
+//! # Guarantees
+//! - The answer for a key is a pure function of (membership, set of unselectable members):
+//!   no per-process seed, so independent clients shard identically; any order of failures
+//!   and revivals leads back to the same mapping.
+//! - When a member goes offline only its keys move (each to its next accepting probe, so they
+//!   spread over the others in proportion to their weights); no key of a healthy member
+//!   moves; when it comes back exactly those keys return.
+//! - Shares equal `weight / total weight` in expectation (thinning removes quantisation).
+//!
+//! Measured figures are in BENCHMARKS.md (`cargo run --release -p upstreams-cli --
+//! simulate` and `cargo bench -p upstreams`).
+//!
+//! # Complexity
+//! Pick: one hash, one table read and one compare in the common case; the expected number
+//! of probes is `1 / (accept rate × selectable share)`. Build: O(M log M). Memory: 4 bytes per
+//! slot plus 24 bytes per member.
+//!
+//! # Concurrency
+//! The table is immutable; health is read from each member's own atomic state word, so a
+//! health change never touches the table.
+
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use crate::health::mix64;
+
+/// Seed of the key hash ("upstream" in ASCII).
+const KEY_SEED: u64 = 0x7570_7374_7265_616d;
+/// Seed of member identities.
+const ID_SEED: u64 = 0x6261_6c61_6e63_6564;
+const PROBES: u64 = 64;
+const STEP: u64 = 0x9e37_79b9_7f4a_7c15;
+const MIN_BITS: u32 = 14;
+const MAX_BITS: u32 = 22;
+const ALWAYS: u64 = 1 << 32;
+
+#[derive(Debug)]
+pub(crate) struct Balanced {
+    shift: u32,
+    owners: Box<[u32]>,
+    thresh: Box<[u64]>,
+    weights: Box<[u64]>,
+    ids: Box<[u64]>,
+}
+
+/// The key hash used by [`Balanced::lookup`].
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
+    xxh3_64_with_seed(key, KEY_SEED)
+}
+
+impl Balanced {
+    pub(crate) fn build<'a>(members: impl Iterator<Item = (&'a str, u16)>) -> Self {
+        let mut seen = std::collections::HashMap::<&str, u64>::new();
+        let mut ids = Vec::new();
+        let mut weights = Vec::new();
+        for (name, weight) in members {
+            let ordinal = seen.entry(name).or_insert(0);
+            let base = xxh3_64_with_seed(name.as_bytes(), ID_SEED);
+            ids.push(if *ordinal == 0 {
+                base
+            } else {
+                mix64(base ^ ordinal.wrapping_mul(STEP))
+            });
+            *ordinal += 1;
+            weights.push(u64::from(weight.max(1)));
+        }
+        let total: u64 = weights.iter().sum::<u64>().max(1);
+        let bits = (total.next_power_of_two().trailing_zeros() + 4).clamp(MIN_BITS, MAX_BITS);
+        let m = 1usize << bits;
+        let quotas = quotas(&weights, m);
+        let owners = fill(&ids, &quotas, m);
+        let thresh = thresholds(&weights, &quotas);
+        Self {
+            shift: 64 - bits,
+            owners: owners.into_boxed_slice(),
+            thresh: thresh.into_boxed_slice(),
+            weights: weights.into_boxed_slice(),
+            ids: ids.into_boxed_slice(),
+        }
+    }
+
+    /// Number of slots.
+    #[cfg(test)]
+    pub(crate) fn slots(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// The member for hash `h`, skipping members `accept` refuses.
+    #[inline]
+    pub(crate) fn lookup(&self, h: u64, accept: impl Fn(usize) -> bool) -> Option<usize> {
+        if self.owners.is_empty() {
+            return None;
+        }
+        let mut x = h;
+        for i in 1..=PROBES {
+            let owner = self.owners[(x >> self.shift) as usize] as usize;
+            if (x & 0xffff_ffff) < self.thresh[owner] && accept(owner) {
+                return Some(owner);
+            }
+            x = mix64(h.wrapping_add(i.wrapping_mul(STEP)));
+        }
+        self.fallback(h, accept)
+    }
+
+    /// Weighted rendezvous over the selectable members: the smallest `−log2(u) / w` wins.
+    #[cold]
+    fn fallback(&self, h: u64, accept: impl Fn(usize) -> bool) -> Option<usize> {
+        let mut best: Option<(usize, u64)> = None;
+        for (j, &id) in self.ids.iter().enumerate() {
+            if !accept(j) {
+                continue;
+            }
+            let score = neg_log2_q16(mix64(h ^ id));
+            let better = match best {
+                None => true,
+                Some((b, bs)) => {
+                    u128::from(score) * u128::from(self.weights[b])
+                        < u128::from(bs) * u128::from(self.weights[j])
+                }
+            };
+            if better {
+                best = Some((j, score));
+            }
+        }
+        best.map(|(j, _)| j)
+    }
+}
+
+/// Slot counts proportional to the weights, each at least 1, summing to `m`.
+fn quotas(weights: &[u64], m: usize) -> Vec<u64> {
+    let total: u128 = weights.iter().map(|&w| u128::from(w)).sum::<u128>().max(1);
+    let m128 = m as u128;
+    let mut q: Vec<u64> = weights
+        .iter()
+        .map(|&w| ((m128 * u128::from(w) / total) as u64).max(1))
+        .collect();
+    let mut sum: u64 = q.iter().sum();
+    let m = m as u64;
+    if sum < m {
+        // Largest remainders first, configuration order on ties.
+        let mut order: Vec<usize> = (0..q.len()).collect();
+        order.sort_by_key(|&j| std::cmp::Reverse(m128 * u128::from(weights[j]) % total));
+        for &j in order.iter().cycle() {
+            if sum == m {
+                break;
+            }
+            q[j] += 1;
+            sum += 1;
+        }
+    }
+    while sum > m {
+        // Only when the table is too small for one slot per unit of weight.
+        let Some(j) = (0..q.len()).filter(|&j| q[j] > 1).max_by_key(|&j| q[j]) else {
+            break;
+        };
+        q[j] -= 1;
+        sum -= 1;
+    }
+    q
+}
+
+/// Maglev-style fill: members take turns claiming the next free slot of their permutation.
+fn fill(ids: &[u64], quotas: &[u64], m: usize) -> Vec<u32> {
+    let mask = (m - 1) as u64;
+    let offset: Vec<u64> = ids.iter().map(|&id| id & mask).collect();
+    let skip: Vec<u64> = ids.iter().map(|&id| (mix64(id) | 1) & mask).collect();
+    let mut owners = vec![u32::MAX; m];
+    let mut next = vec![0u64; ids.len()];
+    let mut left = quotas.to_vec();
+    let mut active: Vec<usize> = (0..ids.len()).filter(|&j| left[j] > 0).collect();
+    let mut filled = 0;
+    while filled < m && !active.is_empty() {
+        for &j in &active {
+            loop {
+                let slot = (offset[j].wrapping_add(next[j].wrapping_mul(skip[j])) & mask) as usize;
+                next[j] += 1;
+                if owners[slot] == u32::MAX {
+                    owners[slot] = j as u32;
+                    break;
+                }
+            }
+            left[j] -= 1;
+            filled += 1;
+        }
+        active.retain(|&j| left[j] > 0);
+    }
+    owners
+}
+
+/// Per-member acceptance thresholds over 32 bits (thinning, step 3).
+fn thresholds(weights: &[u64], quotas: &[u64]) -> Vec<u64> {
+    let Some(top) = (0..weights.len()).max_by(|&a, &b| {
+        (u128::from(weights[a]) * u128::from(quotas[b]))
+            .cmp(&(u128::from(weights[b]) * u128::from(quotas[a])))
+            .then(b.cmp(&a))
+    }) else {
+        return Vec::new();
+    };
+    weights
+        .iter()
+        .zip(quotas)
+        .map(|(&w, &t)| {
+            let num = u128::from(ALWAYS) * u128::from(w) * u128::from(quotas[top]);
+            let den = u128::from(t) * u128::from(weights[top]);
+            (num / den).min(u128::from(ALWAYS)) as u64
+        })
+        .collect()
+}
+
+/// `−log2(u / 2^64)` in 16.16 fixed point, integers only (identical on every platform).
+fn neg_log2_q16(u: u64) -> u64 {
+    if u == 0 {
+        return 65 << 16;
+    }
+    let lz = u64::from(u.leading_zeros());
+    // x = u normalised into [1, 2) as Q63.
+    let mut x = u128::from(u << lz);
+    let mut frac = 0u64;
+    for _ in 0..16 {
+        x = (x * x) >> 63;
+        frac <<= 1;
+        if x >= 1u128 << 64 {
+            x >>= 1;
+            frac |= 1;
+        }
+    }
+    ((lz + 1) << 16) - frac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_sum_to_table() {
+        let q = quotas(&[1, 2, 3, 65535], 1 << 14);
+        assert_eq!(q.iter().sum::<u64>(), 1 << 14);
+        assert!(q.iter().all(|&t| t >= 1));
+    }
+
+    #[test]
+    fn fill_honours_quotas() {
+        let ids = [1u64, 2, 3];
+        let q = quotas(&[1, 1, 2], 1 << 14);
+        let owners = fill(&ids, &q, 1 << 14);
+        for (j, &quota) in q.iter().enumerate() {
+            let got = owners.iter().filter(|&&o| o as usize == j).count() as u64;
+            assert_eq!(got, quota);
+        }
+    }
+
+    #[test]
+    fn neg_log2_is_monotonic_and_scaled() {
+        assert_eq!(neg_log2_q16(1 << 63), 1 << 16); // u = 1/2
+        assert_eq!(neg_log2_q16(1 << 62), 2 << 16); // u = 1/4
+        assert!(neg_log2_q16(3 << 62) < neg_log2_q16(1 << 63));
+    }
+
+    #[test]
+    fn lookup_skips_refused_members() {
+        let b = Balanced::build([("a", 1), ("b", 1), ("c", 1)].into_iter());
+        assert_eq!(b.slots(), 1 << 14);
+        for k in 0..1000u64 {
+            let h = key_hash(&k.to_le_bytes());
+            let got = b.lookup(h, |j| j != 1).expect("two members left");
+            assert_ne!(got, 1);
+        }
+        assert_eq!(b.lookup(1, |_| false), None);
+    }
+}

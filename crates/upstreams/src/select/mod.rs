@@ -1,0 +1,286 @@
+//! Selection: the rotations of SPEC.md §3 over one membership snapshot.
+//!
+//! A [`Members`] snapshot holds the configured upstreams and everything precomputed from
+//! them (round-robin schedule, priority order, hash tables). It is immutable and rebuilt
+//! only when membership changes; health is read from each upstream's own atomic state.
+
+pub(crate) mod balanced;
+pub(crate) mod ring;
+pub(crate) mod rr;
+pub(crate) mod tokens;
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::limits::HashMode;
+use crate::list::Shared;
+use crate::upstream::Upstream;
+
+use balanced::Balanced;
+use ring::Ring;
+use rr::RoundRobin;
+
+/// Most upstreams one list may hold.
+pub(crate) const MAX_MEMBERS: usize = 1 << 20;
+
+/// How a list picks (rspamd's rotation names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Rotation {
+    /// Uniform (weighted when weights are set) random choice.
+    Random,
+    /// Consistent hash of a key; an empty key behaves as `Random`.
+    Hashed,
+    /// Smooth weighted round-robin.
+    RoundRobin,
+    /// Highest priority (weight) wins, first in configuration order on ties.
+    MasterSlave,
+    /// Configuration order, `None` once after the last.
+    Sequential,
+    /// Power of two choices by load.
+    P2c,
+}
+
+impl Rotation {
+    /// Every rotation, in prefix order.
+    pub const ALL: [Rotation; 6] = [
+        Self::Random,
+        Self::Hashed,
+        Self::RoundRobin,
+        Self::MasterSlave,
+        Self::Sequential,
+        Self::P2c,
+    ];
+
+    /// The definition prefix naming it (`round-robin` for `round-robin:`).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Random => "random",
+            Self::Hashed => "hash",
+            Self::RoundRobin => "round-robin",
+            Self::MasterSlave => "master-slave",
+            Self::Sequential => "sequential",
+            Self::P2c => "p2c",
+        }
+    }
+}
+
+impl fmt::Display for Rotation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.prefix())
+    }
+}
+
+impl std::str::FromStr for Rotation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|r| r.prefix() == lower || (lower == "hashed" && *r == Self::Hashed))
+            .ok_or_else(|| {
+                format!(
+                    "unknown rotation {s:?} (expected random, hash, round-robin, \
+                     master-slave, sequential or p2c)"
+                )
+            })
+    }
+}
+
+/// One immutable membership snapshot.
+pub(crate) struct Members {
+    pub(crate) upstreams: Box<[Arc<Upstream>]>,
+    rr: RoundRobin,
+    priority: Box<[u32]>,
+    balanced: Balanced,
+    ring: OnceLock<Ring>,
+    sequence: AtomicUsize,
+    weighted: bool,
+}
+
+impl Members {
+    pub(crate) fn build(upstreams: Vec<Arc<Upstream>>, hash_mode: HashMode) -> Self {
+        let weights: Vec<u16> = upstreams.iter().map(|u| u.weight()).collect();
+        let mut priority: Vec<u32> = (0..upstreams.len() as u32).collect();
+        // Stable: configuration order breaks ties.
+        priority.sort_by_key(|&i| std::cmp::Reverse(weights[i as usize]));
+        let balanced = Balanced::build(upstreams.iter().map(|u| (u.name(), u.weight())));
+        let ring = OnceLock::new();
+        if hash_mode == HashMode::RspamdRing {
+            let _ = ring.set(Ring::build(upstreams.iter().map(|u| (u.name(), u.weight()))));
+        }
+        Self {
+            rr: RoundRobin::build(&weights),
+            priority: priority.into_boxed_slice(),
+            balanced,
+            ring,
+            sequence: AtomicUsize::new(0),
+            weighted: weights.iter().any(|&w| w > 0),
+            upstreams: upstreams.into_boxed_slice(),
+        }
+    }
+
+    fn ring(&self) -> &Ring {
+        self.ring
+            .get_or_init(|| Ring::build(self.upstreams.iter().map(|u| (u.name(), u.weight()))))
+    }
+
+    /// The index of the pick, or `None` when nothing is selectable.
+    pub(crate) fn select(
+        &self,
+        rotation: Rotation,
+        key: &[u8],
+        except: Option<usize>,
+        shared: &Shared,
+    ) -> Option<usize> {
+        let n = self.upstreams.len();
+        let alive = shared.alive.load(Ordering::Relaxed);
+        if alive == 0 {
+            return None;
+        }
+        let all_alive = alive >= n;
+        let ups = &self.upstreams;
+        let ok = |i: usize| Some(i) != except && (all_alive || ups[i].is_alive());
+        let ramp = Ramp::new(shared);
+        match rotation {
+            Rotation::Hashed if !key.is_empty() => match shared.limits.hash_mode {
+                HashMode::RspamdRing => self.ring().lookup(key, ok),
+                _ => self.balanced.lookup(balanced::key_hash(key), ok),
+            },
+            Rotation::Sequential => self.sequential(ok),
+            Rotation::P2c => self.p2c(ok, shared, &ramp),
+            _ if ramp.window == 0 => self.weighted_pick(rotation, ok, shared),
+            _ => {
+                // Slow start: ramping members are accepted in proportion to their factor;
+                // when that leaves nothing (only ramping members), they are taken plainly.
+                let thinned = |i: usize| {
+                    ok(i) && {
+                        let f = ramp.factor(&ups[i]);
+                        f >= 1.0 || shared.rng.unit() < f
+                    }
+                };
+                self.weighted_pick(rotation, thinned, shared)
+                    .or_else(|| self.weighted_pick(rotation, ok, shared))
+            }
+        }
+    }
+
+    /// Random, round-robin and master-slave, the rotations slow start thins.
+    fn weighted_pick(
+        &self,
+        rotation: Rotation,
+        accept: impl Fn(usize) -> bool,
+        shared: &Shared,
+    ) -> Option<usize> {
+        match rotation {
+            Rotation::RoundRobin => self.rr.pick(accept),
+            Rotation::MasterSlave => self
+                .priority
+                .iter()
+                .map(|&i| i as usize)
+                .find(|&i| accept(i)),
+            _ => self.balanced.lookup(shared.rng.next_u64(), accept),
+        }
+    }
+
+    fn sequential(&self, ok: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.upstreams.len();
+        loop {
+            let cur = self.sequence.load(Ordering::Relaxed);
+            let found = (cur.min(n)..n).find(|&i| ok(i));
+            let next = found.map_or(0, |i| i + 1);
+            // Relaxed: the cursor orders nothing but itself.
+            if self
+                .sequence
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return found;
+            }
+        }
+    }
+
+    /// Two distinct random selectable members; the lower load wins (Mitzenmacher).
+    fn p2c(&self, ok: impl Fn(usize) -> bool, shared: &Shared, ramp: &Ramp<'_>) -> Option<usize> {
+        let n = self.upstreams.len();
+        let draw = |not: Option<usize>| {
+            for _ in 0..8 {
+                let i = shared.rng.below(n);
+                if Some(i) != not && ok(i) {
+                    return Some(i);
+                }
+            }
+            let start = shared.rng.below(n);
+            (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| Some(i) != not && ok(i))
+        };
+        let a = draw(None)?;
+        let Some(b) = draw(Some(a)) else {
+            return Some(a);
+        };
+        let default = shared.limits.default_latency.as_secs_f64();
+        let load = |i: usize| {
+            let up = &self.upstreams[i];
+            let latency = up.latency_secs().unwrap_or(default).max(1e-9);
+            let mut load =
+                f64::from(up.inflight() + 1) * latency * (1.0 + f64::from(up.errors()));
+            if self.weighted {
+                load /= f64::from(up.weight().max(1));
+            }
+            load / ramp.factor(up).max(0.01)
+        };
+        Some(if load(a) <= load(b) { a } else { b })
+    }
+}
+
+impl fmt::Debug for Members {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.upstreams.iter()).finish()
+    }
+}
+
+/// Slow start (SPEC.md item 35): a revived upstream's weight ramps from 0 to full.
+struct Ramp<'a> {
+    shared: &'a Shared,
+    window: u64,
+    now: Cell<Option<u64>>,
+}
+
+impl<'a> Ramp<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Self {
+            shared,
+            window: crate::health::nanos(shared.limits.slow_start),
+            now: Cell::new(None),
+        }
+    }
+
+    /// The fraction of its weight `up` carries now, in (0, 1].
+    fn factor(&self, up: &Upstream) -> f64 {
+        if self.window == 0 {
+            return 1.0;
+        }
+        let since = up.revived_at.load(Ordering::Relaxed);
+        if since == u64::MAX {
+            return 1.0;
+        }
+        let now = match self.now.get() {
+            Some(now) => now,
+            None => {
+                let now = self.shared.now_ns();
+                self.now.set(Some(now));
+                now
+            }
+        };
+        let elapsed = now.saturating_sub(since);
+        if elapsed >= self.window {
+            1.0
+        } else {
+            elapsed as f64 / self.window as f64
+        }
+    }
+}
