@@ -232,8 +232,13 @@ impl UpstreamList {
     /// one selectable upstream.
     pub fn get_except(&self, except: &Upstream, rotation: Rotation, key: &[u8]) -> Option<Picked> {
         let rotation = self.rotation.unwrap_or(rotation);
-        self.pick(rotation, key, Some(except))
-            .or_else(|| self.pick(rotation, key, None))
+        self.pick(rotation, key, Some(except)).or_else(|| {
+            // Sequential's `None` is its end of round, not "nothing else selectable".
+            let only_one = self.alive_count() <= 1;
+            (rotation != Rotation::Sequential || only_one)
+                .then(|| self.pick(rotation, key, None))
+                .flatten()
+        })
     }
 
     /// Token-bucket pick (SPEC.md item 27) for a request of `size` bytes.
