@@ -156,7 +156,8 @@ impl Limits {
 
     /// Validates the figures, naming the first bad one.
     pub fn validate(&self) -> Result<(), crate::Error> {
-        let bad = |what: &'static str, why: &'static str| Err(crate::Error::InvalidLimit { what, why });
+        let bad =
+            |what: &'static str, why: &'static str| Err(crate::Error::InvalidLimit { what, why });
         if self.error_time.is_zero() {
             return bad("error_time", "must be greater than zero");
         }

@@ -291,7 +291,9 @@ impl UpstreamList {
         // SeqCst: see `Shared::go_offline`.
         shared.next_revive.swap(u64::MAX, Ordering::SeqCst);
         let mut earliest = u64::MAX;
-        let mut probe = None;
+        // When nothing is alive, the upstream that has waited longest is the probe.
+        let mut candidate: Option<(&Arc<Upstream>, u64, u64)> = None;
+        let mut due = 0usize;
         for up in members.upstreams.iter() {
             let word = up.state.load(Ordering::Acquire);
             let Some(until) = health::offline_until(word) else {
@@ -299,24 +301,26 @@ impl UpstreamList {
             };
             if until > now {
                 earliest = earliest.min(until);
-                continue;
-            }
-            if shared.alive.load(Ordering::Relaxed) > 0 {
+            } else if shared.alive.load(Ordering::Relaxed) > 0 {
                 if shared.try_transition(up, word, health::ALIVE, now) {
                     shared.emit(Event::Online, up, up.errors());
                 }
-            } else if probe.is_none() {
-                if up
-                    .state
-                    .compare_exchange(word, health::PROBING, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    probe = Some(self.hand_out(up, 0));
-                }
             } else {
-                // Still due: leave the deadline in place for the next caller.
-                earliest = earliest.min(until);
+                due += 1;
+                if candidate.is_none_or(|(_, _, best)| until < best) {
+                    candidate = Some((up, word, until));
+                }
             }
+        }
+        let probe = candidate.and_then(|(up, word, _)| {
+            up.state
+                .compare_exchange(word, health::PROBING, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+                .then(|| self.hand_out(up, 0))
+        });
+        if due > usize::from(probe.is_some()) {
+            // Other due upstreams wait for the next caller.
+            earliest = earliest.min(now);
         }
         shared.next_revive.fetch_min(earliest, Ordering::SeqCst);
         probe
@@ -422,6 +426,8 @@ impl Drop for Picked {
 
 impl fmt::Debug for Picked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Picked").field(&self.upstream.name()).finish()
+        f.debug_tuple("Picked")
+            .field(&self.upstream.name())
+            .finish()
     }
 }

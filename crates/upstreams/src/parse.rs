@@ -169,9 +169,8 @@ impl Definition {
             self.rotation = rotation;
         }
         let first = self.entries.len();
-        let mut index = 0;
-        for (offset, token) in tokens(text, body_start) {
-            index += 1;
+        for (i, (offset, token)) in tokens(text, body_start).enumerate() {
+            let index = i + 1;
             let entry = parse_entry(token, default_port).map_err(|kind| ParseError::Entry {
                 index,
                 text: clip(token),

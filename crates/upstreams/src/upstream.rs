@@ -198,7 +198,10 @@ impl Upstream {
         if health::tag(self.state.load(Ordering::Relaxed)) == health::PROBING {
             self.probe_failures.store(0, Ordering::Relaxed);
             let now = self.shared.now_ns();
-            if self.shared.try_transition(self, health::PROBING, health::ALIVE, now) {
+            if self
+                .shared
+                .try_transition(self, health::PROBING, health::ALIVE, now)
+            {
                 self.shared.emit(Event::Online, self, 0);
             }
         }
@@ -306,12 +309,10 @@ impl Upstream {
             return None;
         }
         let cur = addrs.slots[addrs.cur.min(n - 1)];
-        let same_family = (1..n)
-            .map(|step| (addrs.cur + step) % n)
-            .find(|&i| {
-                let s = addrs.slots[i];
-                s.addr.is_ipv4() == cur.addr.is_ipv4() && s.errors <= cur.errors
-            });
+        let same_family = (1..n).map(|step| (addrs.cur + step) % n).find(|&i| {
+            let s = addrs.slots[i];
+            s.addr.is_ipv4() == cur.addr.is_ipv4() && s.errors <= cur.errors
+        });
         let next = same_family.or_else(|| {
             (0..n)
                 .filter(|&i| i != addrs.cur)
@@ -340,8 +341,10 @@ impl Upstream {
         if ips.is_empty() {
             return false;
         }
-        let mut fresh: Vec<SocketAddr> =
-            ips.iter().map(|ip| SocketAddr::new(*ip, self.port())).collect();
+        let mut fresh: Vec<SocketAddr> = ips
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, self.port()))
+            .collect();
         fresh.sort_by_key(|a| a.is_ipv6()); // stable: keeps the answer's order per family
         fresh.dedup();
         let mut addrs = lock(&self.addrs);

@@ -1,5 +1,7 @@
 //! SPEC.md §1: the definition grammar.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::IpAddr;
 
 use proptest::prelude::*;
@@ -44,7 +46,10 @@ fn item_01_rotation_prefix_case_insensitive_with_leading_space() {
 
 #[test]
 fn item_02_separators_and_empty_tokens() {
-    assert_eq!(summary(",,;; 127.0.0.1 ,, "), vec![("127.0.0.1".into(), 11333, 0)]);
+    assert_eq!(
+        summary(",,;; 127.0.0.1 ,, "),
+        vec![("127.0.0.1".into(), 11333, 0)]
+    );
     assert_eq!(parse("a,b;c d\te\r\nf").entries().len(), 6);
 }
 
@@ -82,7 +87,10 @@ fn item_04_several_definitions_last_prefix_wins() {
 fn item_05_srv_entries() {
     let def = parse("service=fuzzy+example.com,SERVICE=redis+internal:5");
     match def.entries()[0].host() {
-        Host::Srv { service, domain } => assert_eq!((service.as_str(), domain.as_str()), ("fuzzy", "example.com")),
+        Host::Srv { service, domain } => assert_eq!(
+            (service.as_str(), domain.as_str()),
+            ("fuzzy", "example.com")
+        ),
         other => panic!("{other:?}"),
     }
     assert_eq!(def.entries()[0].name(), "_fuzzy._tcp.example.com");
@@ -104,7 +112,10 @@ fn item_06_bracketed_addresses() {
 #[test]
 fn item_07_unix_sockets() {
     let def = parse("/var/run/rspamd.sock ./local.sock");
-    assert_eq!(def.entries()[0].host(), &Host::Unix("/var/run/rspamd.sock".into()));
+    assert_eq!(
+        def.entries()[0].host(),
+        &Host::Unix("/var/run/rspamd.sock".into())
+    );
     assert_eq!(def.entries()[0].port(), 0);
     assert_eq!(def.entries()[1].name(), "./local.sock");
 }
@@ -114,13 +125,19 @@ fn item_08_bare_ipv6_gets_default_port() {
     let def = parse("2001:db8::1");
     assert_eq!(def.entries()[0].name(), "2001:db8::1");
     assert_eq!(def.entries()[0].port(), 11333);
-    assert_eq!(def.entries()[0].host(), &Host::Ip("2001:db8::1".parse::<IpAddr>().unwrap()));
+    assert_eq!(
+        def.entries()[0].host(),
+        &Host::Ip("2001:db8::1".parse::<IpAddr>().unwrap())
+    );
 }
 
 #[test]
 fn item_09_names_follow_rspamd() {
     assert_eq!(summary("127.0.0.1"), vec![("127.0.0.1".into(), 11333, 0)]);
-    assert_eq!(summary("127.0.0.1:80:5"), vec![("127.0.0.1:80".into(), 80, 5)]);
+    assert_eq!(
+        summary("127.0.0.1:80:5"),
+        vec![("127.0.0.1:80".into(), 80, 5)]
+    );
     let def = parse("redis.example:6379:3");
     assert_eq!(def.entries()[0].name(), "redis.example:6379");
     assert!(def.entries()[0].host().needs_resolution());
@@ -137,9 +154,15 @@ fn item_10_ports() {
     assert_eq!(kind("127.0.0.1:80x"), ParseErrorKind::InvalidPort);
     assert_eq!(kind("127.0.0.1:70000"), ParseErrorKind::PortOutOfRange);
     assert_eq!(kind("127.0.0.1:0"), ParseErrorKind::PortOutOfRange);
-    assert_eq!(kind("127.0.0.1:99999999999999999999"), ParseErrorKind::PortOutOfRange);
+    assert_eq!(
+        kind("127.0.0.1:99999999999999999999"),
+        ParseErrorKind::PortOutOfRange
+    );
     assert_eq!(kind("127.0.0.1:"), ParseErrorKind::EmptyPort);
-    assert_eq!(summary("127.0.0.1:65535"), vec![("127.0.0.1:65535".into(), 65535, 0)]);
+    assert_eq!(
+        summary("127.0.0.1:65535"),
+        vec![("127.0.0.1:65535".into(), 65535, 0)]
+    );
     assert_eq!(Definition::parse("h", 0).unwrap().entries()[0].port(), 0);
 }
 
@@ -153,9 +176,17 @@ fn item_11_weights() {
 
 #[test]
 fn item_12_master_slave_heuristic() {
-    let w: Vec<u16> = parse("master-slave:a,b,c").entries().iter().map(|e| e.weight()).collect();
+    let w: Vec<u16> = parse("master-slave:a,b,c")
+        .entries()
+        .iter()
+        .map(|e| e.weight())
+        .collect();
     assert_eq!(w, [1, 0, 0]);
-    let w: Vec<u16> = parse("master-slave:a:1:0,b:1:5").entries().iter().map(|e| e.weight()).collect();
+    let w: Vec<u16> = parse("master-slave:a:1:0,b:1:5")
+        .entries()
+        .iter()
+        .map(|e| e.weight())
+        .collect();
     assert_eq!(w, [1, 5]);
     let w: Vec<u16> = parse("a,b").entries().iter().map(|e| e.weight()).collect();
     assert_eq!(w, [0, 0]);
@@ -190,7 +221,10 @@ fn item_13_error_text_is_clipped() {
 
 fn entry_strategy() -> impl Strategy<Value = String> {
     prop_oneof![
-        (any::<[u8; 4]>(), proptest::option::of((1u16.., proptest::option::of(any::<u16>()))))
+        (
+            any::<[u8; 4]>(),
+            proptest::option::of((1u16.., proptest::option::of(any::<u16>())))
+        )
             .prop_map(|(ip, pw)| {
                 let ip = std::net::Ipv4Addr::from(ip);
                 match pw {
@@ -206,7 +240,10 @@ fn entry_strategy() -> impl Strategy<Value = String> {
                 Some(p) => format!("[{ip}]:{p}"),
             }
         }),
-        ("[a-z][a-z0-9-]{0,10}(\\.[a-z][a-z0-9]{0,5}){0,2}", proptest::option::of(1u16..))
+        (
+            "[a-z][a-z0-9-]{0,10}(\\.[a-z][a-z0-9]{0,5}){0,2}",
+            proptest::option::of(1u16..)
+        )
             .prop_map(|(h, p)| match p {
                 None => h,
                 Some(p) => format!("{h}:{p}"),

@@ -1,5 +1,7 @@
 //! SPEC.md §3: selection.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -58,10 +60,19 @@ fn item_14_get_except_and_single_selectable() {
     take_offline(&l, &clock, "127.0.0.2");
     let b = l.find("127.0.0.2").unwrap();
     // Only .1 is selectable: returned even though it is `except`.
-    assert_eq!(l.get_except(&a, Rotation::RoundRobin, b"").unwrap().name(), "127.0.0.1");
-    assert_eq!(l.get_except(&b, Rotation::RoundRobin, b"").unwrap().name(), "127.0.0.1");
+    assert_eq!(
+        l.get_except(&a, Rotation::RoundRobin, b"").unwrap().name(),
+        "127.0.0.1"
+    );
+    assert_eq!(
+        l.get_except(&b, Rotation::RoundRobin, b"").unwrap().name(),
+        "127.0.0.1"
+    );
     take_offline(&l, &clock, "127.0.0.1");
-    assert!(l.get(Rotation::RoundRobin, b"").is_none(), "nothing selectable");
+    assert!(
+        l.get(Rotation::RoundRobin, b"").is_none(),
+        "nothing selectable"
+    );
 }
 
 #[test]
@@ -93,9 +104,21 @@ fn item_16_smooth_weighted_round_robin() {
         .collect();
     assert_eq!(seq, "aabacaa");
     for (def, total, want) in [
-        ("round-robin:127.0.0.1:1:3,127.0.0.2:1:2,127.0.0.3:1:1", 12, vec![6, 4, 2]),
-        ("round-robin:127.0.0.1:1:10,127.0.0.2:1:1", 1100, vec![1000, 100]),
-        ("round-robin:127.0.0.1:1:100,127.0.0.2:1:100,127.0.0.3:1:1", 201, vec![100, 100, 1]),
+        (
+            "round-robin:127.0.0.1:1:3,127.0.0.2:1:2,127.0.0.3:1:1",
+            12,
+            vec![6, 4, 2],
+        ),
+        (
+            "round-robin:127.0.0.1:1:10,127.0.0.2:1:1",
+            1100,
+            vec![1000, 100],
+        ),
+        (
+            "round-robin:127.0.0.1:1:100,127.0.0.2:1:100,127.0.0.3:1:1",
+            201,
+            vec![100, 100, 1],
+        ),
     ] {
         let (l, _) = list(def, exact());
         let c = counts(&names(&l, Rotation::RoundRobin, total));
@@ -123,9 +146,14 @@ fn item_17_all_weights_zero_plain_rotation() {
 #[test]
 fn item_18_weight_zero_only_when_weighted_are_offline() {
     let (l, clock) = list("127.0.0.1:1:5,127.0.0.2:1", exact());
-    assert!(names(&l, Rotation::RoundRobin, 50).iter().all(|n| n == "127.0.0.1:1"));
+    assert!(names(&l, Rotation::RoundRobin, 50)
+        .iter()
+        .all(|n| n == "127.0.0.1:1"));
     let a = l.find("127.0.0.1:1").unwrap();
-    assert_eq!(l.get_except(&a, Rotation::RoundRobin, b"").unwrap().name(), "127.0.0.2:1");
+    assert_eq!(
+        l.get_except(&a, Rotation::RoundRobin, b"").unwrap().name(),
+        "127.0.0.2:1"
+    );
     take_offline(&l, &clock, "127.0.0.1:1");
     assert_eq!(names(&l, Rotation::RoundRobin, 3), ["127.0.0.2:1"; 3]);
 }
@@ -168,9 +196,13 @@ fn item_22_p2c_prefers_lower_load() {
     let n = names(&l, Rotation::P2c, 100);
     assert!(n.iter().all(|n| n == "127.0.0.2"));
     // Held picks raise the load: with 100 in flight the fast one costs 101 × 1 ms > 100 ms.
-    let held: Vec<_> = (0..95).map(|_| l.get_forced(Rotation::P2c, b"").unwrap()).collect();
+    let held: Vec<_> = (0..95)
+        .map(|_| l.get_forced(Rotation::P2c, b"").unwrap())
+        .collect();
     assert!(held.iter().all(|p| p.name() == "127.0.0.2"));
-    let more: Vec<_> = (0..10).map(|_| l.get_forced(Rotation::P2c, b"").unwrap()).collect();
+    let more: Vec<_> = (0..10)
+        .map(|_| l.get_forced(Rotation::P2c, b"").unwrap())
+        .collect();
     assert!(more.iter().any(|p| p.name() == "127.0.0.1"));
 }
 
@@ -193,7 +225,12 @@ fn item_22_latency_ewma_figures() {
 fn item_23_spec_examples_rspamd_ring() {
     let limits = exact().with_hash_mode(HashMode::RspamdRing);
     let (l, clock) = list("127.0.0.1,127.0.0.2,127.0.0.3", limits.clone());
-    let pick = |k: &str| l.get(Rotation::Hashed, k.as_bytes()).unwrap().name().to_owned();
+    let pick = |k: &str| {
+        l.get(Rotation::Hashed, k.as_bytes())
+            .unwrap()
+            .name()
+            .to_owned()
+    };
     for (k, want) in [
         ("hello", "127.0.0.2"),
         ("test", "127.0.0.3"),
@@ -204,13 +241,21 @@ fn item_23_spec_examples_rspamd_ring() {
         assert_eq!(pick(k), want, "{k}");
     }
     let two = l.find("127.0.0.2").unwrap();
-    assert_eq!(l.get_except(&two, Rotation::Hashed, b"hello").unwrap().name(), "127.0.0.3");
+    assert_eq!(
+        l.get_except(&two, Rotation::Hashed, b"hello")
+            .unwrap()
+            .name(),
+        "127.0.0.3"
+    );
     take_offline(&l, &clock, "127.0.0.2");
     assert_eq!(pick("hello"), "127.0.0.3");
     assert_eq!(pick("key-2"), "127.0.0.1");
     assert_eq!(pick("test"), "127.0.0.3");
 
-    let (l, _) = list("127.0.0.1:11333,127.0.0.2:11333,127.0.0.3:11333,127.0.0.4:11333,127.0.0.5:11333", limits.clone());
+    let (l, _) = list(
+        "127.0.0.1:11333,127.0.0.2:11333,127.0.0.3:11333,127.0.0.4:11333,127.0.0.5:11333",
+        limits.clone(),
+    );
     let got = spread(&l, "distribution-key-", 10_000);
     assert_eq!(got, [2258, 2149, 1780, 1792, 2021]);
     let (l, _) = list("127.0.0.1:11333:3,127.0.0.2:11333,127.0.0.3:11333", limits);
@@ -219,16 +264,28 @@ fn item_23_spec_examples_rspamd_ring() {
 
 fn spread(l: &upstreams::UpstreamList, prefix: &str, n: usize) -> Vec<usize> {
     let c: Vec<String> = (0..n)
-        .map(|i| l.get(Rotation::Hashed, format!("{prefix}{i}").as_bytes()).unwrap().name().to_owned())
+        .map(|i| {
+            l.get(Rotation::Hashed, format!("{prefix}{i}").as_bytes())
+                .unwrap()
+                .name()
+                .to_owned()
+        })
         .collect();
     let c = counts(&c);
-    l.upstreams().iter().map(|u| c.get(u.name()).copied().unwrap_or(0)).collect()
+    l.upstreams()
+        .iter()
+        .map(|u| c.get(u.name()).copied().unwrap_or(0))
+        .collect()
 }
 
 #[test]
 fn item_23_empty_key_behaves_as_random() {
     let (l, _) = list("127.0.0.1,127.0.0.2", exact());
-    let c = counts(&(0..1000).map(|_| l.get(Rotation::Hashed, b"").unwrap().name().to_owned()).collect::<Vec<_>>());
+    let c = counts(
+        &(0..1000)
+            .map(|_| l.get(Rotation::Hashed, b"").unwrap().name().to_owned())
+            .collect::<Vec<_>>(),
+    );
     assert_eq!(c.len(), 2);
 }
 
@@ -237,7 +294,14 @@ fn item_23_balanced_moves_only_failed_keys_and_they_return() {
     let (l, clock) = list("127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5", exact());
     let keys: Vec<String> = (0..20_000).map(|i| format!("k{i}")).collect();
     let map = |l: &upstreams::UpstreamList| -> Vec<String> {
-        keys.iter().map(|k| l.get(Rotation::Hashed, k.as_bytes()).unwrap().name().to_owned()).collect()
+        keys.iter()
+            .map(|k| {
+                l.get(Rotation::Hashed, k.as_bytes())
+                    .unwrap()
+                    .name()
+                    .to_owned()
+            })
+            .collect()
     };
     let before = map(&l);
     take_offline(&l, &clock, "127.0.0.3");
@@ -269,7 +333,10 @@ fn item_24_deterministic_across_lists() {
         );
     }
     // Pinned: a change to the balanced mapping is a compatibility break.
-    assert_eq!(a.get(Rotation::Hashed, b"hello").unwrap().name(), PINNED_HELLO);
+    assert_eq!(
+        a.get(Rotation::Hashed, b"hello").unwrap().name(),
+        PINNED_HELLO
+    );
 }
 
 /// The balanced mapping of "hello" over 127.0.0.1–3, pinned so that an accidental change of
@@ -280,10 +347,21 @@ const PINNED_HELLO: &str = "127.0.0.2";
 fn item_26_sequential_walks_then_none() {
     let (l, clock) = list("sequential:127.0.0.1,127.0.0.2,127.0.0.3", exact());
     let walk = |n: usize| -> Vec<Option<String>> {
-        (0..n).map(|_| l.get(Rotation::Random, b"").map(|p| p.name().to_owned())).collect()
+        (0..n)
+            .map(|_| l.get(Rotation::Random, b"").map(|p| p.name().to_owned()))
+            .collect()
     };
     let s = |x: &str| Some(x.to_owned());
-    assert_eq!(walk(5), [s("127.0.0.1"), s("127.0.0.2"), s("127.0.0.3"), None, s("127.0.0.1")]);
+    assert_eq!(
+        walk(5),
+        [
+            s("127.0.0.1"),
+            s("127.0.0.2"),
+            s("127.0.0.3"),
+            None,
+            s("127.0.0.1")
+        ]
+    );
     take_offline(&l, &clock, "127.0.0.2");
     assert_eq!(walk(3), [s("127.0.0.3"), None, s("127.0.0.1")]);
 }

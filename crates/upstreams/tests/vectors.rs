@@ -1,6 +1,8 @@
 //! Golden vectors recorded on the real rspamd (`tests/vectors`, copied unchanged from
 //! `shared/vectors`): the `rspamd-ring` hash and the error window must match them exactly.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -41,12 +43,22 @@ fn item_23_rspamd_ring_matches_every_golden_vector() {
                 }
                 (list, clock)
             });
-        let got = list.0.get(Rotation::Hashed, key.as_bytes()).map(|p| p.name().to_owned());
+        let got = list
+            .0
+            .get(Rotation::Hashed, key.as_bytes())
+            .map(|p| p.name().to_owned());
         if got.as_deref() != Some(expected.as_str()) {
-            mismatches.push(format!("{def} {offline} {key}: got {got:?} want {expected}"));
+            mismatches.push(format!(
+                "{def} {offline} {key}: got {got:?} want {expected}"
+            ));
         }
     }
-    assert!(mismatches.is_empty(), "{} mismatches, first: {:?}", mismatches.len(), &mismatches[..mismatches.len().min(5)]);
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches, first: {:?}",
+        mismatches.len(),
+        &mismatches[..mismatches.len().min(5)]
+    );
 }
 
 /// SPEC.md items 29 and 31: every timeline of `fail_timeline.tsv` matches rspamd.
@@ -93,6 +105,10 @@ fn item_29_error_window_matches_every_golden_timeline() {
         };
         assert_eq!(went_offline, want_offline, "offline index: {note}");
         assert_eq!(&got_trace.join(" "), trace, "errors trace: {note}");
-        assert_eq!(up.errors().to_string(), *errors_after, "errors after: {note}");
+        assert_eq!(
+            up.errors().to_string(),
+            *errors_after,
+            "errors after: {note}"
+        );
     }
 }

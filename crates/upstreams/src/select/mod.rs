@@ -110,7 +110,9 @@ impl Members {
         let balanced = Balanced::build(upstreams.iter().map(|u| (u.name(), u.weight())));
         let ring = OnceLock::new();
         if hash_mode == HashMode::RspamdRing {
-            let _ = ring.set(Ring::build(upstreams.iter().map(|u| (u.name(), u.weight()))));
+            let _ = ring.set(Ring::build(
+                upstreams.iter().map(|u| (u.name(), u.weight())),
+            ));
         }
         Self {
             rr: RoundRobin::build(&weights),
@@ -226,8 +228,7 @@ impl Members {
         let load = |i: usize| {
             let up = &self.upstreams[i];
             let latency = up.latency_secs().unwrap_or(default).max(1e-9);
-            let mut load =
-                f64::from(up.inflight() + 1) * latency * (1.0 + f64::from(up.errors()));
+            let mut load = f64::from(up.inflight() + 1) * latency * (1.0 + f64::from(up.errors()));
             if self.weighted {
                 load /= f64::from(up.weight().max(1));
             }

@@ -193,7 +193,13 @@ fn by_deadline(members: &[(u32, u64)], total: u64) -> Vec<u32> {
     let mut heap: BinaryHeap<Reverse<Due>> = members
         .iter()
         .enumerate()
-        .map(|(pos, &(_, w))| Reverse(Due { num: 1, den: 2 * w, pos }))
+        .map(|(pos, &(_, w))| {
+            Reverse(Due {
+                num: 1,
+                den: 2 * w,
+                pos,
+            })
+        })
         .collect();
     let mut order = Vec::with_capacity(total as usize);
     while let Some(Reverse(due)) = heap.pop() {

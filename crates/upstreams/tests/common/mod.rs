@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,11 +28,14 @@ pub fn exact() -> Limits {
 pub fn record(list: &UpstreamList) -> Arc<Mutex<Vec<String>>> {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
-    list.add_watcher(Events::ALL, move |event: Event, up: &upstreams::Upstream, errors| {
-        sink.lock()
-            .unwrap()
-            .push(format!("{event} {} {errors}", up.name()));
-    });
+    list.add_watcher(
+        Events::ALL,
+        move |event: Event, up: &upstreams::Upstream, errors| {
+            sink.lock()
+                .unwrap()
+                .push(format!("{event} {} {errors}", up.name()));
+        },
+    );
     log
 }
 
