@@ -3,6 +3,10 @@
 //! Watchers are called synchronously, in registration order, after the change they report
 //! and outside every internal lock, so a callback may call back into the list. A panicking
 //! watcher is caught and does not disturb the list or the other watchers.
+//!
+//! Each transition is reported exactly once (the thread whose compare-and-swap made it
+//! reports it). Two transitions raced from different threads may reach watchers in either
+//! order; read [`Upstream::state`] for the current truth.
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -23,20 +23,21 @@ fn stress_transitions_are_reported_exactly_once() {
         limits,
     );
     let list = Arc::new(list);
-    // Per upstream: +1 on online, -1 on offline. Must stay within [-1, 0].
+    // Per upstream: +1 on online, -1 on offline. Every upstream starts and ends alive, so
+    // each must end at 0: a transition reported twice (or lost) leaves it off balance.
+    // (Events of two racing transitions may reach watchers in either order, so the running
+    // balance is not checked.)
     let balance: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
-    let violations = Arc::new(AtomicI64::new(0));
+    let transitions = Arc::new(AtomicI64::new(0));
     {
         let balance = balance.clone();
-        let violations = violations.clone();
+        let transitions = transitions.clone();
         let events: Events = [Event::Online, Event::Offline].into_iter().collect();
         list.add_watcher(events, move |event, up, _| {
             let mut b = balance.lock().unwrap();
-            let v = b.entry(up.name().to_owned()).or_insert(0);
-            *v += if event == Event::Online { 1 } else { -1 };
-            if !(-1..=0).contains(v) {
-                violations.fetch_add(1, Ordering::SeqCst);
-            }
+            *b.entry(up.name().to_owned()).or_insert(0) +=
+                if event == Event::Online { 1 } else { -1 };
+            transitions.fetch_add(1, Ordering::SeqCst);
         });
     }
     let threads: Vec<_> = (0..4)
