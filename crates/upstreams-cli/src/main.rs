@@ -1,1 +1,51 @@
-fn main() {}
+//! `upstreams`: check, pick from and simulate rspamd-style upstream lists.
+
+mod check;
+mod pick;
+mod simulate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Client-side load balancing over rspamd-style upstream lists.
+#[derive(Parser, Debug)]
+#[command(name = "upstreams", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Parse a definition and show the list as a table (non-zero exit on error).
+    Check(check::Args),
+    /// Which upstream gets this key? Prints one picked name per key (or per pick).
+    Pick(pick::Args),
+    /// Run picks per rotation against a list with a failing upstream; print how they spread.
+    Simulate(simulate::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => check::run(&args),
+        Command::Pick(args) => pick::run(&args),
+        Command::Simulate(args) => simulate::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `upstreams simulate | head` is not an error.
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("upstreams: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}

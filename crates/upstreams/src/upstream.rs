@@ -262,6 +262,17 @@ impl Upstream {
         }
     }
 
+    /// Takes the upstream out of selection for `duration` (an operator's "mark down"); it
+    /// comes back like any offline upstream. Fires `offline`; false if it was not alive.
+    pub fn mark_offline(&self, duration: Duration) -> bool {
+        let until = self.shared.now_ns().saturating_add(health::nanos(duration));
+        let done = self.shared.go_offline(self, health::ALIVE, until);
+        if done {
+            self.shared.emit(Event::Offline, self, self.errors());
+        }
+        done
+    }
+
     /// Ends a pick without a verdict (the request was cancelled). An abandoned probe is
     /// handed back so the next pick probes again.
     pub fn release(&self) {

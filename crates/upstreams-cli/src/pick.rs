@@ -1,0 +1,86 @@
+//! `upstreams pick DEF [KEY]...`: which server gets this key?
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use upstreams::{HashMode, Limits, Rotation, UpstreamList};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The upstream list definition.
+    definition: String,
+    /// Keys to place (hash rotation); without keys, prints the next `--count` picks.
+    keys: Vec<String>,
+    /// Rotation when the definition has no prefix (random, hash, round-robin,
+    /// master-slave, sequential, p2c). Defaults to hash when keys are given, else round-robin.
+    #[arg(long, short = 'r')]
+    rotation: Option<Rotation>,
+    /// Consistent-hash mode.
+    #[arg(long, default_value = "balanced")]
+    hash: HashMode,
+    /// Take this upstream offline first (by name; repeatable).
+    #[arg(long = "down", value_name = "NAME")]
+    down: Vec<String>,
+    /// Picks to print for unkeyed rotations.
+    #[arg(long, short = 'n', default_value_t = 10)]
+    count: usize,
+    /// Read keys one per line from this file (`-` for standard input).
+    #[arg(long, value_name = "FILE")]
+    keys_from: Option<String>,
+    /// Port for entries that name none.
+    #[arg(long, short = 'p', default_value_t = 11333)]
+    default_port: u16,
+}
+
+pub(crate) fn run(args: &Args) -> Result<()> {
+    let limits = Limits::default().with_hash_mode(args.hash);
+    let list = UpstreamList::parse(&args.definition, args.default_port, limits)?;
+    for name in &args.down {
+        let up = list
+            .find(name)
+            .with_context(|| format!("--down {name:?}: no upstream of that name"))?;
+        up.mark_offline(Duration::from_secs(3600));
+    }
+    let mut keys = args.keys.clone();
+    if let Some(path) = &args.keys_from {
+        let reader: Box<dyn BufRead> = if path == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(std::io::BufReader::new(
+                std::fs::File::open(path).with_context(|| format!("reading keys from {path}"))?,
+            ))
+        };
+        for line in reader.lines() {
+            keys.push(line?);
+        }
+    }
+    let keyed = !keys.is_empty();
+    let rotation = args.rotation.unwrap_or(if keyed {
+        Rotation::Hashed
+    } else {
+        Rotation::RoundRobin
+    });
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    use std::io::Write as _;
+    if keyed {
+        for key in &keys {
+            match list.get(rotation, key.as_bytes()) {
+                Some(p) => writeln!(out, "{}", p.name())?,
+                None => bail!("no upstream is selectable"),
+            }
+        }
+    } else {
+        for _ in 0..args.count {
+            match list.get(rotation, b"") {
+                Some(p) => {
+                    writeln!(out, "{}", p.name())?;
+                    p.ok();
+                }
+                None => writeln!(out, "(none)")?,
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! `upstreams simulate [DEF]`: picks per rotation against a list with a failing upstream,
+//! on a simulated clock, and how keys spread and move under the two hash modes.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use upstreams::{
+    Definition, Event, FailKind, HashMode, Limits, ManualClock, Rotation, UpstreamList,
+};
+
+use crate::check::print_table;
+
+/// The list simulated when none is given: five backends, weights 3,2,1,1,1.
+pub(crate) const DEFAULT_LIST: &str =
+    "10.0.0.1:11333:3,10.0.0.2:11333:2,10.0.0.3:11333:1,10.0.0.4:11333:1,10.0.0.5:11333:1";
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The upstream list definition (default: five backends with weights 3,2,1,1,1).
+    definition: Option<String>,
+    /// Requests simulated per rotation.
+    #[arg(long, default_value_t = 100_000)]
+    picks: usize,
+    /// Simulated time between two requests, in milliseconds.
+    #[arg(long, default_value_t = 1)]
+    interval_ms: u64,
+    /// The upstream that fails (by name; default: the second).
+    #[arg(long)]
+    failing: Option<String>,
+    /// Fraction of the failing upstream's requests that fail.
+    #[arg(long, default_value_t = 1.0)]
+    fail_rate: f64,
+    /// Distinct keys for the hash figures.
+    #[arg(long, default_value_t = 100_000)]
+    keys: usize,
+    /// Port for entries that name none.
+    #[arg(long, short = 'p', default_value_t = 11333)]
+    default_port: u16,
+    /// Failures in a row that take an upstream offline at once (0 = rspamd's window only).
+    #[arg(long, default_value_t = 0)]
+    max_consecutive_errors: u32,
+    /// Seconds an offline upstream stays out.
+    #[arg(long, default_value_t = 60)]
+    revive_time: u64,
+}
+
+impl Args {
+    fn limits(&self) -> Limits {
+        Limits::default()
+            .with_max_consecutive_errors(self.max_consecutive_errors)
+            .with_revive_time(Duration::from_secs(self.revive_time))
+    }
+}
+
+pub(crate) fn run(args: &Args) -> Result<()> {
+    let text = args.definition.as_deref().unwrap_or(DEFAULT_LIST);
+    let def = Definition::parse(text, args.default_port)?;
+    let names: Vec<String> = def.entries().iter().map(|e| e.name().to_owned()).collect();
+    let failing = match &args.failing {
+        Some(name) => name.clone(),
+        None => names
+            .get(1)
+            .or(names.first())
+            .cloned()
+            .context("empty list")?,
+    };
+    anyhow::ensure!(
+        names.contains(&failing),
+        "--failing {failing:?}: no upstream of that name"
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "list: {def}")?;
+    writeln!(
+        out,
+        "failing upstream: {failing} ({:.0} % of its requests fail); {} requests per rotation, \
+         one every {} ms of simulated time; max_errors 4 per 10 s, revive {} s, \
+         max_consecutive_errors {}",
+        args.fail_rate * 100.0,
+        args.picks,
+        args.interval_ms,
+        args.revive_time,
+        args.max_consecutive_errors
+    )?;
+    writeln!(out)?;
+    let mut header = vec!["rotation".to_owned()];
+    header.extend(names.iter().cloned());
+    header.extend(["failed".to_owned(), "offline events".to_owned()]);
+    let mut rows = Vec::new();
+    for rotation in [
+        Rotation::RoundRobin,
+        Rotation::MasterSlave,
+        Rotation::Random,
+        Rotation::P2c,
+        Rotation::Sequential,
+        Rotation::Hashed,
+    ] {
+        rows.push(simulate_rotation(&def, rotation, &names, &failing, args)?);
+    }
+    print_table(&mut out, &header, &rows)?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "consistent hash over {} keys (shares with every upstream healthy; then {failing} goes \
+         offline and comes back):",
+        args.keys
+    )?;
+    let header = [
+        "hash mode",
+        "peak/expected",
+        "keys moved",
+        "moved from healthy",
+        "not back after revive",
+    ];
+    let mut rows = Vec::new();
+    for mode in [HashMode::Balanced, HashMode::RspamdRing] {
+        rows.push(hash_quality(
+            &def,
+            args.limits().with_hash_mode(mode),
+            &failing,
+            args.keys,
+        )?);
+    }
+    print_table(&mut out, &header, &rows)?;
+    Ok(())
+}
+
+fn simulate_rotation(
+    def: &Definition,
+    rotation: Rotation,
+    names: &[String],
+    failing: &str,
+    args: &Args,
+) -> Result<Vec<String>> {
+    let clock = Arc::new(ManualClock::new(Duration::from_secs(1)));
+    let limits = args.limits().with_seed(Some(1));
+    let list = UpstreamList::with_clock(def, limits, clock.clone())?;
+    let offline = Arc::new(AtomicUsize::new(0));
+    let counter = offline.clone();
+    list.add_watcher(Event::Offline, move |_, _, _| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let mut picks: HashMap<String, usize> = HashMap::new();
+    let mut failed = 0usize;
+    let mut none = 0usize;
+    let mut rng = 0x1234_5678_u64;
+    let step = Duration::from_millis(args.interval_ms);
+    for i in 0..args.picks {
+        clock.advance(step);
+        let key = format!("key-{}", i % args.keys.max(1));
+        let Some(p) = list.get_forced(rotation, key.as_bytes()) else {
+            none += 1;
+            continue;
+        };
+        *picks.entry(p.name().to_owned()).or_default() += 1;
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let u = (rng >> 11) as f64 / (1u64 << 53) as f64;
+        // Healthy backends answer in 1–2 ms; the failing one times out after 50 ms.
+        if p.name() == failing && u < args.fail_rate {
+            p.record_latency(0.050);
+            p.fail(FailKind::Address, "simulated failure");
+            failed += 1;
+        } else {
+            p.record_latency(0.001 + u * 0.001);
+            p.ok();
+        }
+    }
+    let mut row = vec![rotation.to_string()];
+    for name in names {
+        let n = picks.get(name).copied().unwrap_or(0);
+        row.push(format!("{:5.1} %", 100.0 * n as f64 / args.picks as f64));
+    }
+    row.push(failed.to_string());
+    let mut events = offline.load(Ordering::Relaxed).to_string();
+    if none > 0 {
+        events.push_str(&format!(" ({none} none)"));
+    }
+    row.push(events);
+    Ok(row)
+}
+
+fn hash_quality(
+    def: &Definition,
+    limits: Limits,
+    failing: &str,
+    keys: usize,
+) -> Result<[String; 5]> {
+    let clock = Arc::new(ManualClock::new(Duration::from_secs(1)));
+    let mode = limits.hash_mode;
+    let revive = limits.revive_time;
+    let limits = limits.with_revive_jitter(0.0);
+    let list = UpstreamList::with_clock(def, limits, clock.clone())?;
+    let map = |list: &UpstreamList| -> Vec<Option<usize>> {
+        (0..keys)
+            .map(|k| {
+                list.get(Rotation::Hashed, format!("key-{k}").as_bytes())
+                    .map(|p| p.index())
+            })
+            .collect()
+    };
+    let before = map(&list);
+    let ups = list.upstreams();
+    let total_weight: f64 = ups.iter().map(|u| f64::from(u.weight().max(1))).sum();
+    let mut counts = vec![0usize; ups.len()];
+    for i in before.iter().flatten() {
+        counts[*i] += 1;
+    }
+    let peak = ups
+        .iter()
+        .map(|u| {
+            let expected = keys as f64 * f64::from(u.weight().max(1)) / total_weight;
+            counts[u.index()] as f64 / expected
+        })
+        .fold(0.0, f64::max);
+    let victim = list.find(failing).context("failing upstream exists")?;
+    victim.mark_offline(revive);
+    let during = map(&list);
+    let moved = before.iter().zip(&during).filter(|(b, d)| b != d).count();
+    let from_healthy = before
+        .iter()
+        .zip(&during)
+        .filter(|(b, d)| b != d && **b != Some(victim.index()))
+        .count();
+    clock.advance(revive + Duration::from_secs(1));
+    let after = map(&list);
+    let not_back = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    Ok([
+        mode.to_string(),
+        format!("{peak:.3}"),
+        format!("{moved} ({:.2} %)", 100.0 * moved as f64 / keys as f64),
+        from_healthy.to_string(),
+        not_back.to_string(),
+    ])
+}
