@@ -1,6 +1,6 @@
 //! Selection: the rotations of SPEC.md §3 over one membership snapshot.
 //!
-//! A [`Members`] snapshot holds the configured upstreams and everything precomputed from
+//! A `Members` snapshot holds the configured upstreams and everything precomputed from
 //! them (round-robin schedule, priority order, hash tables). It is immutable and rebuilt
 //! only when membership changes; health is read from each upstream's own atomic state.
 
