@@ -115,7 +115,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         "moved from healthy",
         "not back after revive",
     ];
-    let mut rows = Vec::new();
+    let mut rows = vec![modulo_reference(&def, args.keys)];
     for mode in [HashMode::Balanced, HashMode::RspamdRing] {
         rows.push(hash_quality(
             &def,
@@ -182,6 +182,24 @@ fn simulate_rotation(
     }
     row.push(events);
     Ok(row)
+}
+
+/// `hash mod N` (weights ignored): the statistical floor of peak/avg for this key count.
+fn modulo_reference(def: &Definition, keys: usize) -> [String; 5] {
+    let n = def.entries().len();
+    let mut counts = vec![0usize; n];
+    for k in 0..keys {
+        let h = xxhash_rust::xxh3::xxh3_64(format!("key-{k}").as_bytes());
+        counts[(h % n as u64) as usize] += 1;
+    }
+    let peak = counts.iter().copied().max().unwrap_or(0) as f64 / (keys as f64 / n as f64);
+    [
+        "hash mod N (floor, unweighted)".to_owned(),
+        format!("{peak:.3}"),
+        "-".to_owned(),
+        "-".to_owned(),
+        "-".to_owned(),
+    ]
 }
 
 fn hash_quality(

@@ -55,7 +55,7 @@ pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use event::{Event, Events};
 pub use health::State;
 pub use limits::{HashMode, Limits};
-pub use list::{Picked, UpstreamList};
+pub use list::{Picked, Snapshot, UpstreamList};
 pub use parse::{Definition, Entry, Host, ParseError, ParseErrorKind};
 pub use select::Rotation;
 pub use upstream::{FailKind, Upstream};

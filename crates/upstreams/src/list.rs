@@ -244,88 +244,31 @@ impl UpstreamList {
     /// Token-bucket pick (SPEC.md item 27) for a request of `size` bytes.
     pub fn get_token_bucket(&self, size: usize) -> Option<Picked> {
         let members = self.members.load();
-        if let Some(probe) = self.maintain(&members) {
-            return Some(probe);
+        if let Some(probe) = maintain(&members, &self.shared) {
+            return Some(hand_out(&members.upstreams[probe], 0));
         }
         let now = self.shared.now_ns();
         let (index, cost) = crate::select::tokens::pick(&members.upstreams, size, now)?;
-        Some(self.hand_out(&members.upstreams[index], cost))
+        Some(hand_out(&members.upstreams[index], cost))
     }
 
     fn pick(&self, rotation: Rotation, key: &[u8], except: Option<&Upstream>) -> Option<Picked> {
         let members = self.members.load();
-        if let Some(probe) = self.maintain(&members) {
-            return Some(probe);
-        }
-        let except = except.and_then(|e| {
-            members
-                .upstreams
-                .get(e.index())
-                .filter(|u| std::ptr::eq(u.as_ref(), e))
-                .map(|_| e.index())
-        });
-        let index = members.select(rotation, key, except, &self.shared)?;
-        Some(self.hand_out(&members.upstreams[index], 0))
+        let index = choose(&members, &self.shared, rotation, key, except)?;
+        Some(hand_out(&members.upstreams[index], 0))
     }
 
-    fn hand_out(&self, upstream: &Arc<Upstream>, tokens: u32) -> Picked {
-        upstream.on_pick();
-        Picked {
-            upstream: Arc::clone(upstream),
-            tokens,
-            done: false,
+    /// A snapshot of the membership for a batch of lookups that need no in-flight
+    /// accounting (sharding decisions, tools, benchmarks): its `select` costs no atomic
+    /// read-modify-write at all when everything is healthy. Health stays live; membership is
+    /// the one at the time of the call, so take a fresh snapshot now and then.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            members: self.members.load_full(),
+            shared: Arc::clone(&self.shared),
+            rotation: self.rotation,
         }
     }
-
-    /// Lazy revival (SPEC.md items 33–34): when some offline upstream's deadline has passed,
-    /// bring it back, or, when nothing is alive, hand one out as the probe.
-    fn maintain(&self, members: &Members) -> Option<Picked> {
-        let shared = &self.shared;
-        if shared.offline.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let now = shared.now_ns();
-        if now < shared.next_revive.load(Ordering::SeqCst) {
-            return None;
-        }
-        // SeqCst: see `Shared::go_offline`.
-        shared.next_revive.swap(u64::MAX, Ordering::SeqCst);
-        let mut earliest = u64::MAX;
-        // When nothing is alive, the upstream that has waited longest is the probe.
-        let mut candidate: Option<(&Arc<Upstream>, u64, u64)> = None;
-        let mut due = 0usize;
-        for up in members.upstreams.iter() {
-            let word = up.state.load(Ordering::Acquire);
-            let Some(until) = health::offline_until(word) else {
-                continue;
-            };
-            if until > now {
-                earliest = earliest.min(until);
-            } else if shared.alive.load(Ordering::Relaxed) > 0 {
-                if shared.try_transition(up, word, health::ALIVE, now) {
-                    shared.emit(Event::Online, up, up.errors());
-                }
-            } else {
-                due += 1;
-                if candidate.is_none_or(|(_, _, best)| until < best) {
-                    candidate = Some((up, word, until));
-                }
-            }
-        }
-        let probe = candidate.and_then(|(up, word, _)| {
-            up.state
-                .compare_exchange(word, health::PROBING, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-                .then(|| self.hand_out(up, 0))
-        });
-        if due > usize::from(probe.is_some()) {
-            // Other due upstreams wait for the next caller.
-            earliest = earliest.min(now);
-        }
-        shared.next_revive.fetch_min(earliest, Ordering::SeqCst);
-        probe
-    }
-
     /// Hands a resolver's answer to the upstream named by `upstream` (A/AAAA addresses; the
     /// port is the upstream's). A pending upstream becomes alive and `online` fires; an empty
     /// answer keeps the current addresses. Returns whether the addresses changed.
@@ -341,6 +284,126 @@ impl UpstreamList {
             }
         }
         changed
+    }
+}
+
+fn hand_out(upstream: &Arc<Upstream>, tokens: u32) -> Picked {
+    upstream.start_pick();
+    Picked {
+        upstream: Arc::clone(upstream),
+        tokens,
+        done: false,
+    }
+}
+
+/// The index a pick returns: a due probe first, else the rotation's choice.
+fn choose(
+    members: &Members,
+    shared: &Shared,
+    rotation: Rotation,
+    key: &[u8],
+    except: Option<&Upstream>,
+) -> Option<usize> {
+    if let Some(probe) = maintain(members, shared) {
+        return Some(probe);
+    }
+    let except = except.and_then(|e| {
+        members
+            .upstreams
+            .get(e.index())
+            .filter(|u| std::ptr::eq(u.as_ref(), e))
+            .map(|_| e.index())
+    });
+    members.select(rotation, key, except, shared)
+}
+
+/// Lazy revival (SPEC.md items 33–34): when some offline upstream's deadline has passed,
+/// bring it back, or, when nothing is alive, take one as the probe (returned).
+fn maintain(members: &Members, shared: &Shared) -> Option<usize> {
+    if shared.offline.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let now = shared.now_ns();
+    if now < shared.next_revive.load(Ordering::SeqCst) {
+        return None;
+    }
+    // SeqCst: see `Shared::go_offline`.
+    shared.next_revive.swap(u64::MAX, Ordering::SeqCst);
+    let mut earliest = u64::MAX;
+    // When nothing is alive, the upstream that has waited longest is the probe.
+    let mut candidate: Option<(usize, u64, u64)> = None;
+    let mut due = 0usize;
+    for (i, up) in members.upstreams.iter().enumerate() {
+        let word = up.state.load(Ordering::Acquire);
+        let Some(until) = health::offline_until(word) else {
+            continue;
+        };
+        if until > now {
+            earliest = earliest.min(until);
+        } else if shared.alive.load(Ordering::Relaxed) > 0 {
+            if shared.try_transition(up, word, health::ALIVE, now) {
+                shared.emit(Event::Online, up, up.errors());
+            }
+        } else {
+            due += 1;
+            if candidate.is_none_or(|(_, _, best)| until < best) {
+                candidate = Some((i, word, until));
+            }
+        }
+    }
+    let probe = candidate.and_then(|(i, word, _)| {
+        members.upstreams[i]
+            .state
+            .compare_exchange(word, health::PROBING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+            .then_some(i)
+    });
+    if due > usize::from(probe.is_some()) {
+        // Other due upstreams wait for the next caller.
+        earliest = earliest.min(now);
+    }
+    shared.next_revive.fetch_min(earliest, Ordering::SeqCst);
+    probe
+}
+
+/// A membership snapshot for lookups without in-flight accounting; see
+/// [`UpstreamList::snapshot`]. A returned upstream that is [`State::Probing`] must get a
+/// verdict (`ok`, `fail` or `release_probe`).
+///
+/// [`State::Probing`]: crate::State::Probing
+pub struct Snapshot {
+    members: Arc<Members>,
+    shared: Arc<Shared>,
+    rotation: Option<Rotation>,
+}
+
+impl Snapshot {
+    /// Like [`UpstreamList::get`] (the definition's prefix wins), without a handle.
+    #[inline]
+    pub fn select(&self, rotation: Rotation, key: &[u8]) -> Option<&Arc<Upstream>> {
+        let rotation = self.rotation.unwrap_or(rotation);
+        let i = choose(&self.members, &self.shared, rotation, key, None)?;
+        Some(&self.members.upstreams[i])
+    }
+
+    /// Like [`UpstreamList::get_forced`] (the caller's rotation wins), without a handle.
+    #[inline]
+    pub fn select_forced(&self, rotation: Rotation, key: &[u8]) -> Option<&Arc<Upstream>> {
+        let i = choose(&self.members, &self.shared, rotation, key, None)?;
+        Some(&self.members.upstreams[i])
+    }
+
+    /// The configured upstreams of this snapshot, in configuration order.
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.members.upstreams
+    }
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("upstreams", &self.members.upstreams)
+            .finish()
     }
 }
 
@@ -388,6 +451,7 @@ impl Picked {
     /// Reports success.
     pub fn ok(mut self) {
         self.done = true;
+        self.upstream.end_pick();
         self.upstream.tokens.give_back(self.tokens, true);
         self.upstream.ok();
     }
@@ -395,15 +459,14 @@ impl Picked {
     /// Reports failure.
     pub fn fail(mut self, kind: FailKind, reason: &str) {
         self.done = true;
+        self.upstream.end_pick();
         self.upstream.tokens.give_back(self.tokens, false);
         self.upstream.fail(kind, reason);
     }
 
     /// Ends the pick without a verdict.
-    pub fn release(mut self) {
-        self.done = true;
-        self.upstream.tokens.give_back(self.tokens, true);
-        self.upstream.release();
+    pub fn release(self) {
+        drop(self);
     }
 }
 
@@ -418,8 +481,9 @@ impl Deref for Picked {
 impl Drop for Picked {
     fn drop(&mut self) {
         if !self.done {
+            self.upstream.end_pick();
             self.upstream.tokens.give_back(self.tokens, true);
-            self.upstream.release();
+            self.upstream.release_probe();
         }
     }
 }

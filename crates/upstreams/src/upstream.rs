@@ -55,7 +55,6 @@ pub struct Upstream {
     pub(crate) tokens: crate::select::tokens::Bucket,
     addrs: Mutex<Addrs>,
     resolve_wanted: AtomicBool,
-    picks: AtomicU64,
     shared: Arc<Shared>,
     me: Weak<Upstream>,
 }
@@ -95,7 +94,6 @@ impl Upstream {
             latency_at: Mutex::new(None),
             addrs: Mutex::new(Addrs { slots, cur: 0 }),
             resolve_wanted: AtomicBool::new(false),
-            picks: AtomicU64::new(0),
             shared,
             me: me.clone(),
         })
@@ -146,14 +144,9 @@ impl Upstream {
         self.errors.load(Ordering::Relaxed)
     }
 
-    /// Picks handed out and not yet ended by `ok`/`fail`/`release`.
+    /// Picks handed out ([`Picked`](crate::Picked)) and not yet ended.
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
-    }
-
-    /// Picks handed out since creation.
-    pub fn picks(&self) -> u64 {
-        self.picks.load(Ordering::Relaxed)
     }
 
     /// The latency estimate (p2c), if any sample was recorded.
@@ -171,22 +164,21 @@ impl Upstream {
         }
     }
 
-    pub(crate) fn on_pick(&self) {
+    pub(crate) fn start_pick(&self) {
         self.inflight.fetch_add(1, Ordering::Relaxed);
-        self.picks.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn end_inflight(&self) {
-        // Floor at 0: extra ok()/fail() calls (the Lua API allows them) must not wrap.
-        let _ = self
-            .inflight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    /// Called exactly once per [`Picked`](crate::Picked), which owns the increment.
+    pub(crate) fn end_pick(&self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Reports a success: closes the error window, clears the current address's errors,
     /// ends a probe (the upstream comes back) and fires `success`.
+    ///
+    /// This is the health report alone; [`Picked::ok`](crate::Picked::ok) also ends the
+    /// pick's in-flight count.
     pub fn ok(&self) {
-        self.end_inflight();
         {
             let mut window = lock(&self.window);
             window.ok();
@@ -212,7 +204,6 @@ impl Upstream {
     /// upstream offline; `reason` travels to logs only.
     pub fn fail(&self, kind: FailKind, reason: &str) {
         let _ = reason;
-        self.end_inflight();
         if kind == FailKind::Address {
             if let Some(slot) = lock(&self.addrs).current_mut() {
                 slot.errors = slot.errors.saturating_add(1);
@@ -273,10 +264,9 @@ impl Upstream {
         done
     }
 
-    /// Ends a pick without a verdict (the request was cancelled). An abandoned probe is
-    /// handed back so the next pick probes again.
-    pub fn release(&self) {
-        self.end_inflight();
+    /// Hands back a probe without a verdict (the request was cancelled), so the next pick
+    /// probes again; does nothing unless the upstream is the probe.
+    pub fn release_probe(&self) {
         if health::tag(self.state.load(Ordering::Relaxed)) == health::PROBING {
             let now = self.shared.now_ns();
             self.shared.go_offline(self, health::PROBING, now);

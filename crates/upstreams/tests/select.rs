@@ -88,7 +88,14 @@ fn item_15_inflight_counts() {
     assert_eq!(up.inflight(), 1);
     drop(c);
     assert_eq!(up.inflight(), 0);
-    up.ok(); // extra reports floor at 0
+    up.ok(); // a bare health report does not touch the count
+    assert_eq!(up.inflight(), 0);
+    // Snapshot lookups do no accounting at all.
+    let snap = l.snapshot();
+    assert_eq!(
+        snap.select(Rotation::Random, b"").unwrap().name(),
+        "127.0.0.1"
+    );
     assert_eq!(up.inflight(), 0);
 }
 
