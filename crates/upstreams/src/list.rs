@@ -419,16 +419,12 @@ impl fmt::Debug for UpstreamList {
 impl fmt::Display for UpstreamList {
     /// Prints a definition that parses back to the same list.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(rotation) = self.rotation {
-            write!(f, "{}:", rotation.prefix())?;
-        }
-        for (i, up) in self.members.load().upstreams.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{}", up.entry())?;
-        }
-        Ok(())
+        let members = self.members.load();
+        crate::parse::write_definition(
+            f,
+            self.rotation,
+            members.upstreams.iter().map(|u| u.entry()),
+        )
     }
 }
 

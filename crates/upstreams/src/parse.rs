@@ -203,17 +203,26 @@ impl FromStr for Definition {
 
 impl fmt::Display for Definition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(rotation) = self.rotation {
-            write!(f, "{}:", rotation.prefix())?;
-        }
-        for (i, entry) in self.entries.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            entry.fmt(f)?;
-        }
-        Ok(())
+        write_definition(f, self.rotation, self.entries.iter())
     }
+}
+
+/// Writes `[prefix:]entry,entry,…`, a line that parses back to the same entries.
+pub(crate) fn write_definition<'a>(
+    f: &mut fmt::Formatter<'_>,
+    rotation: Option<Rotation>,
+    entries: impl Iterator<Item = &'a Entry>,
+) -> fmt::Result {
+    if let Some(rotation) = rotation {
+        write!(f, "{}:", rotation.prefix())?;
+    }
+    for (i, entry) in entries.enumerate() {
+        if i > 0 {
+            f.write_str(",")?;
+        }
+        entry.fmt(f)?;
+    }
+    Ok(())
 }
 
 /// Why a definition was rejected.

@@ -26,11 +26,16 @@
 //!   moves; when it comes back exactly those keys return.
 //! - Shares equal `weight / total weight` in expectation (thinning removes quantisation).
 //!
-//! Measured figures are in BENCHMARKS.md (`cargo run --release -p upstreams-cli --
-//! simulate` and `cargo bench -p upstreams`).
+//! Measured (BENCHMARKS.md, 1 000 000 keys, `upstreams simulate`): peak/avg 1.005 at N = 10
+//! and 1.023 at N = 100 against a `hash mod N` floor of 1.002 and 1.020 (rspamd's ring: 1.092
+//! and 1.268); one upstream down moves 9.96 % / 0.98 % of keys, none from a healthy upstream,
+//! and every one returns on revival. Weights 1:2:3:4 give shares within 0.4 % over 400 000
+//! keys (test `balanced_shares_follow_weights`).
 //!
 //! # Complexity
-//! Pick: one hash, one table read and one compare in the common case; the expected number
+//! Pick (measured, `cargo bench -p upstreams --bench pick`): ≈ 8.8 ns per
+//! `Snapshot::select` including XXH3 of a 32-byte key, flat from 4 to 256 upstreams;
+//! one hash, one table read and one compare in the common case; the expected number
 //! of probes is `1 / (accept rate × selectable share)`. Build: O(M log M). Memory: 4 bytes per
 //! slot plus 24 bytes per member.
 //!
