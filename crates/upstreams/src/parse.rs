@@ -220,7 +220,7 @@ pub(crate) fn write_definition<'a>(
         if i > 0 {
             f.write_str(",")?;
         }
-        entry.fmt(f)?;
+        write!(f, "{entry}")?;
     }
     Ok(())
 }
