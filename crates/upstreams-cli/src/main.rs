@@ -1,5 +1,7 @@
 //! `upstreams`: check, pick from and simulate rspamd-style upstream lists.
 
+#![forbid(unsafe_code)]
+
 mod check;
 mod pick;
 mod simulate;

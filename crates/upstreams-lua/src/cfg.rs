@@ -1,0 +1,162 @@
+//! `create([cfg,] def [, default_port])`: telling the arguments apart and reading `cfg`.
+
+use std::time::Duration;
+
+use mlua::{MultiValue, Result, Table, Value};
+use upstreams::{Definition, HashMode, Limits};
+
+/// The arguments of `create`, sorted out.
+pub(crate) struct CreateArgs {
+    pub(crate) limits: Limits,
+    /// The definition, or the message `create` returns after `nil`.
+    pub(crate) definition: std::result::Result<Definition, String>,
+}
+
+fn invalid(what: impl std::fmt::Display) -> mlua::Error {
+    mlua::Error::runtime(format!("upstream_list.create: {what}"))
+}
+
+/// SPEC.md item 42: a first argument that is `nil`, a userdata (rspamd's config object), or a
+/// table followed by a string or a table, is `cfg`; otherwise the first argument is `def`.
+pub(crate) fn create_args(args: MultiValue) -> Result<CreateArgs> {
+    let args: Vec<Value> = args.into_iter().collect();
+    let first = args.first().cloned().unwrap_or(Value::Nil);
+    let second = args.get(1).cloned().unwrap_or(Value::Nil);
+    let has_cfg = match &first {
+        Value::Nil | Value::UserData(_) | Value::LightUserData(_) => args.len() >= 2,
+        Value::Table(_) => matches!(second, Value::String(_) | Value::Table(_)),
+        _ => false,
+    };
+    let (cfg, def, port) = if has_cfg {
+        (first, second, args.get(2).cloned().unwrap_or(Value::Nil))
+    } else {
+        (Value::Nil, first, second)
+    };
+    let mut limits = Limits::default().with_hash_mode(HashMode::RspamdRing);
+    if let Value::Table(t) = &cfg {
+        limits = read_limits(t, limits)?;
+    }
+    let default_port = default_port(&port)?;
+    let definition = match &def {
+        Value::String(s) => {
+            let text = s
+                .to_str()
+                .map_err(|_| invalid("definition is not valid UTF-8"))?;
+            Definition::parse(&text, default_port).map_err(|e| e.to_string())
+        }
+        Value::Table(t) => {
+            let mut texts = Vec::new();
+            for v in t.sequence_values::<Value>() {
+                match v? {
+                    Value::String(s) => texts.push(
+                        s.to_str()
+                            .map_err(|_| invalid("definition is not valid UTF-8"))?
+                            .to_string(),
+                    ),
+                    other => {
+                        return Err(invalid(format!(
+                            "invalid arguments: definition table holds a {}, expected strings",
+                            lua_type(&other)
+                        )))
+                    }
+                }
+            }
+            Definition::parse_many(texts.iter().map(String::as_str), default_port)
+                .map_err(|e| e.to_string())
+        }
+        _ => return Err(mlua::Error::runtime("invalid arguments")),
+    };
+    Ok(CreateArgs { limits, definition })
+}
+
+fn default_port(v: &Value) -> Result<u16> {
+    let n = match v {
+        Value::Nil => return Ok(0),
+        Value::Integer(i) => *i as f64,
+        Value::Number(n) => *n,
+        Value::String(s) => s
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .ok_or_else(|| invalid("default port is not a number"))?,
+        other => {
+            return Err(invalid(format!(
+                "default port must be a number, got {}",
+                lua_type(other)
+            )))
+        }
+    };
+    if n.fract() != 0.0 || !(0.0..=65535.0).contains(&n) {
+        return Err(invalid(format!(
+            "default port {n} out of range (0..=65535)"
+        )));
+    }
+    Ok(n as u16)
+}
+
+fn number(key: &str, v: Value) -> Result<f64> {
+    match v {
+        Value::Integer(i) => Ok(i as f64),
+        Value::Number(n) if n.is_finite() => Ok(n),
+        other => Err(invalid(format!(
+            "cfg.{key} must be a finite number, got {}",
+            lua_type(&other)
+        ))),
+    }
+}
+
+fn seconds(key: &str, v: Value) -> Result<Duration> {
+    let n = number(key, v)?;
+    Duration::try_from_secs_f64(n).map_err(|_| invalid(format!("cfg.{key} must be >= 0 seconds")))
+}
+
+fn count(key: &str, v: Value) -> Result<u32> {
+    let n = number(key, v)?;
+    if n.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&n) {
+        return Err(invalid(format!("cfg.{key} must be a whole number >= 0")));
+    }
+    Ok(n as u32)
+}
+
+/// Reads the limits a `cfg` table sets; unknown keys are errors (a typo must not pass).
+fn read_limits(t: &Table, mut l: Limits) -> Result<Limits> {
+    for pair in t.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        let Value::String(key) = k else {
+            return Err(invalid("cfg keys must be strings"));
+        };
+        let key = key.to_str()?.to_string();
+        l = match key.as_str() {
+            "max_errors" => l.with_max_errors(count(&key, v)?),
+            "max_consecutive_errors" => l.with_max_consecutive_errors(count(&key, v)?),
+            "dns_retransmits" => l.with_dns_retransmits(count(&key, v)?),
+            "error_time" => l.with_error_time(seconds(&key, v)?),
+            "revive_time" => l.with_revive_time(seconds(&key, v)?),
+            "dns_timeout" => l.with_dns_timeout(seconds(&key, v)?),
+            "lazy_resolve_time" => l.with_lazy_resolve_time(seconds(&key, v)?),
+            "resolve_min_interval" => l.with_resolve_min_interval(seconds(&key, v)?),
+            "probe_max_backoff" => l.with_probe_max_backoff(seconds(&key, v)?),
+            "slow_start" => l.with_slow_start(seconds(&key, v)?),
+            "latency_half_life" => l.with_latency_half_life(seconds(&key, v)?),
+            "revive_jitter" => l.with_revive_jitter(number(&key, v)?),
+            "probe_jitter" => l.with_probe_jitter(number(&key, v)?),
+            "hash" => {
+                let Value::String(s) = v else {
+                    return Err(invalid("cfg.hash must be \"balanced\" or \"rspamd-ring\""));
+                };
+                l.with_hash_mode(s.to_str()?.parse::<HashMode>().map_err(invalid)?)
+            }
+            other => return Err(invalid(format!("unknown cfg option {other:?}"))),
+        };
+    }
+    l.validate().map_err(invalid)?;
+    Ok(l)
+}
+
+/// The type name Lua's own `type()` gives (integers are numbers).
+pub(crate) fn lua_type(v: &Value) -> &'static str {
+    match v {
+        Value::Integer(_) | Value::Number(_) => "number",
+        other => other.type_name(),
+    }
+}

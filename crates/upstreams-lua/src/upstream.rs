@@ -1,0 +1,168 @@
+//! The `upstream` and address userdata.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use mlua::{AnyUserData, MetaMethod, Result, UserData, UserDataMethods, Value};
+use upstreams::{FailKind, Picked, Upstream};
+
+use crate::list::Core;
+
+/// The Lua `upstream` object: a handle on one upstream of a list.
+pub(crate) struct LuaUpstream {
+    up: Arc<Upstream>,
+    /// The pick this wrapper came from, ended by the first `ok`/`fail` (or by garbage
+    /// collection, which releases it). Views (`all_upstreams`, watchers) have none.
+    pick: RefCell<Option<Picked>>,
+    core: Rc<Core>,
+}
+
+impl LuaUpstream {
+    pub(crate) fn picked(p: Picked, core: Rc<Core>) -> Self {
+        Self {
+            up: Arc::clone(p.upstream()),
+            pick: RefCell::new(Some(p)),
+            core,
+        }
+    }
+
+    pub(crate) fn view(up: Arc<Upstream>, core: Rc<Core>) -> Self {
+        Self {
+            up,
+            pick: RefCell::new(None),
+            core,
+        }
+    }
+
+    pub(crate) fn upstream(&self) -> &Upstream {
+        &self.up
+    }
+
+    fn take_pick(&self) -> Option<Picked> {
+        self.pick.borrow_mut().take()
+    }
+}
+
+/// `fail([addr_failure [, reason]])` or `fail(reason)`, as rspamd reads them.
+fn fail_args(args: &mlua::MultiValue) -> Result<(FailKind, String)> {
+    let mut it = args.iter();
+    let (kind, reason) = match (it.next(), it.next()) {
+        (None | Some(Value::Nil), _) => (FailKind::Other, None),
+        (Some(Value::Boolean(addr)), reason) => (
+            if *addr {
+                FailKind::Address
+            } else {
+                FailKind::Other
+            },
+            reason,
+        ),
+        (Some(reason @ Value::String(_)), _) => (FailKind::Other, Some(reason)),
+        (Some(other), _) => {
+            return Err(mlua::Error::runtime(format!(
+                "upstream:fail: expected a boolean or a reason string, got {}",
+                crate::cfg::lua_type(other)
+            )))
+        }
+    };
+    let reason = match reason {
+        None | Some(Value::Nil) => "unknown".to_owned(),
+        Some(Value::String(s)) => s.to_string_lossy(),
+        Some(other) => {
+            return Err(mlua::Error::runtime(format!(
+                "upstream:fail: reason must be a string, got {}",
+                crate::cfg::lua_type(other)
+            )))
+        }
+    };
+    Ok((kind, reason))
+}
+
+impl UserData for LuaUpstream {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("get_name", |_, this, ()| Ok(this.up.name().to_owned()));
+        methods.add_method("get_port", |_, this, ()| Ok(this.up.port()));
+        methods.add_method("get_addr", |_, this, ()| {
+            Ok(match this.up.entry().host() {
+                upstreams::Host::Unix(path) => Some(LuaAddr::Unix(path.clone())),
+                _ => this.up.next_addr().map(LuaAddr::Inet),
+            })
+        });
+        methods.add_method("ok", |lua, this, ()| {
+            match this.take_pick() {
+                Some(p) => p.ok(),
+                None => this.up.ok(),
+            }
+            Core::deliver(&this.core, lua)
+        });
+        methods.add_method("fail", |lua, this, args: mlua::MultiValue| {
+            let (kind, reason) = fail_args(&args)?;
+            match this.take_pick() {
+                Some(p) => p.fail(kind, &reason),
+                None => this.up.fail(kind, &reason),
+            }
+            Core::deliver(&this.core, lua)
+        });
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(this.up.name().to_owned())
+        });
+        methods.add_meta_function(MetaMethod::Eq, |_, (a, b): (AnyUserData, AnyUserData)| {
+            let (Ok(a), Ok(b)) = (a.borrow::<LuaUpstream>(), b.borrow::<LuaUpstream>()) else {
+                return Ok(false);
+            };
+            Ok(Arc::ptr_eq(&a.up, &b.up))
+        });
+    }
+}
+
+/// An address returned by `upstream:get_addr()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LuaAddr {
+    Inet(SocketAddr),
+    Unix(String),
+}
+
+impl LuaAddr {
+    fn text(&self, with_port: bool) -> String {
+        match self {
+            Self::Inet(a) if with_port => a.to_string(),
+            Self::Inet(a) => a.ip().to_string(),
+            Self::Unix(path) => path.clone(),
+        }
+    }
+}
+
+impl UserData for LuaAddr {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("to_string", |_, this, with_port: Option<bool>| {
+            Ok(this.text(with_port.unwrap_or(false)))
+        });
+        methods.add_method("get_port", |_, this, ()| {
+            Ok(match this {
+                Self::Inet(a) => a.port(),
+                Self::Unix(_) => 0,
+            })
+        });
+        methods.add_method("get_version", |_, this, ()| {
+            Ok(match this {
+                Self::Inet(a) if a.is_ipv4() => 4,
+                Self::Inet(_) => 6,
+                Self::Unix(_) => 0,
+            })
+        });
+        methods.add_method("is_local", |_, this, ()| {
+            Ok(match this {
+                Self::Inet(a) => a.ip().is_loopback(),
+                Self::Unix(_) => true,
+            })
+        });
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| Ok(this.text(false)));
+        methods.add_meta_function(MetaMethod::Eq, |_, (a, b): (AnyUserData, AnyUserData)| {
+            let (Ok(a), Ok(b)) = (a.borrow::<LuaAddr>(), b.borrow::<LuaAddr>()) else {
+                return Ok(false);
+            };
+            Ok(*a == *b)
+        });
+    }
+}
