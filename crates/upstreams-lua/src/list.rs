@@ -60,6 +60,9 @@ impl Core {
     /// Runs the Lua watchers for every queued event. A callback's error is reported on
     /// stderr and swallowed (SPEC.md item 45); callbacks may call back into the list.
     pub(crate) fn deliver(core: &Rc<Self>, lua: &Lua) -> Result<()> {
+        if core.wanted.load(Ordering::Relaxed) == 0 {
+            return Ok(()); // no Lua watcher: nothing was queued
+        }
         loop {
             let next = core
                 .queue
