@@ -4,7 +4,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -40,6 +41,10 @@ impl Shared {
 
     pub(crate) fn member_count(&self) -> usize {
         self.members.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_member_count(&self, n: usize) {
+        self.members.store(n, Ordering::Relaxed);
     }
 
     pub(crate) fn emit(&self, event: Event, upstream: &Upstream, errors: u32) {
@@ -116,6 +121,8 @@ pub struct UpstreamList {
     shared: Arc<Shared>,
     members: ArcSwap<Members>,
     rotation: Option<Rotation>,
+    /// Serialises membership writers (readers never take it).
+    rebuild: Mutex<()>,
 }
 
 impl UpstreamList {
@@ -155,7 +162,7 @@ impl UpstreamList {
         let upstreams: Vec<Arc<Upstream>> = entries
             .iter()
             .enumerate()
-            .map(|(i, e)| Upstream::new(e.clone(), i, Arc::clone(&shared)))
+            .map(|(i, e)| Upstream::new(e.clone(), i, 0, Arc::clone(&shared)))
             .collect();
         let alive = upstreams.iter().filter(|u| u.is_alive()).count();
         shared.alive.store(alive, Ordering::Relaxed);
@@ -164,7 +171,31 @@ impl UpstreamList {
             shared,
             members: ArcSwap::from_pointee(members),
             rotation: definition.rotation(),
+            rebuild: Mutex::new(()),
         })
+    }
+
+    pub(crate) fn rebuild_lock(&self) -> MutexGuard<'_, ()> {
+        self.rebuild.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn members_full(&self) -> Arc<Members> {
+        self.members.load_full()
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Publishes a new membership snapshot (one atomic swap).
+    pub(crate) fn publish(&self, members: Members) {
+        self.members.store(Arc::new(members));
+    }
+
+    /// The list's clock reading (what its revive deadlines are measured in); resolver shells
+    /// schedule with it so a manual clock drives them too.
+    pub fn now(&self) -> Duration {
+        self.shared.clock.now()
     }
 
     /// The rotation named by the definition's prefix, if any.
@@ -308,11 +339,12 @@ fn choose(
         return Some(probe);
     }
     let except = except.and_then(|e| {
-        members
-            .upstreams
-            .get(e.index())
-            .filter(|u| std::ptr::eq(u.as_ref(), e))
-            .map(|_| e.index())
+        let same = |u: &Arc<Upstream>| std::ptr::eq(u.as_ref(), e);
+        // The slot is current unless membership changed under us; then search.
+        match members.upstreams.get(e.index()) {
+            Some(u) if same(u) => Some(e.index()),
+            _ => members.upstreams.iter().position(same),
+        }
     });
     members.select(rotation, key, except, shared)
 }

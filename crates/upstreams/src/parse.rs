@@ -87,6 +87,19 @@ impl Entry {
     pub fn port_written(&self) -> bool {
         self.port_written
     }
+
+    /// The entry of one SRV target: a DNS name with the target's port; named `target:port`.
+    pub(crate) fn srv_target(target: &str, port: u16, weight: u16) -> Self {
+        let host = target.trim_end_matches('.');
+        Self {
+            name: format!("{host}:{port}"),
+            text: host.to_owned(),
+            host: Host::Name(host.to_owned()),
+            port,
+            weight,
+            port_written: true,
+        }
+    }
 }
 
 impl fmt::Display for Entry {

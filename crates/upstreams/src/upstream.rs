@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -38,7 +38,12 @@ struct Addrs {
 /// A backend of a list. Shared by `Arc`; every method takes `&self`.
 pub struct Upstream {
     entry: Entry,
-    index: usize,
+    /// Position in the current membership snapshot (updated when membership changes).
+    slot: AtomicUsize,
+    /// The definition entry it comes from (an SRV entry has several members).
+    group: usize,
+    /// SRV priority (lower is preferred by master-slave); 0 for configured entries.
+    srv_priority: u16,
     /// Health state word (see [`health`]).
     pub(crate) state: AtomicU64,
     window: Mutex<Window>,
@@ -67,7 +72,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Upstream {
-    pub(crate) fn new(entry: Entry, index: usize, shared: Arc<Shared>) -> Arc<Self> {
+    pub(crate) fn new(
+        entry: Entry,
+        group: usize,
+        srv_priority: u16,
+        shared: Arc<Shared>,
+    ) -> Arc<Self> {
         let slots = match entry.host() {
             Host::Ip(ip) => vec![AddrSlot {
                 addr: SocketAddr::new(*ip, entry.port()),
@@ -83,7 +93,9 @@ impl Upstream {
         Arc::new_cyclic(|me| Self {
             tokens: crate::select::tokens::Bucket::new(),
             entry,
-            index,
+            slot: AtomicUsize::new(group),
+            group,
+            srv_priority,
             state: AtomicU64::new(initial),
             window: Mutex::default(),
             errors: AtomicU32::new(0),
@@ -119,9 +131,24 @@ impl Upstream {
         &self.entry
     }
 
-    /// Position in configuration order.
+    /// Position in the list's current membership, in configuration order.
     pub fn index(&self) -> usize {
-        self.index
+        self.slot.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_index(&self, slot: usize) {
+        self.slot.store(slot, Ordering::Relaxed);
+    }
+
+    /// The index of the definition entry this upstream comes from (SRV targets share their
+    /// SRV entry's).
+    pub fn group(&self) -> usize {
+        self.group
+    }
+
+    /// SRV priority (lower preferred); 0 for upstreams written in the definition.
+    pub fn srv_priority(&self) -> u16 {
+        self.srv_priority
     }
 
     /// An owning handle to this upstream (for watchers that keep it).

@@ -103,10 +103,17 @@ pub(crate) struct Members {
 
 impl Members {
     pub(crate) fn build(upstreams: Vec<Arc<Upstream>>, hash_mode: HashMode) -> Self {
+        for (i, up) in upstreams.iter().enumerate() {
+            up.set_index(i);
+        }
         let weights: Vec<u16> = upstreams.iter().map(|u| u.weight()).collect();
         let mut priority: Vec<u32> = (0..upstreams.len() as u32).collect();
-        // Stable: configuration order breaks ties.
-        priority.sort_by_key(|&i| std::cmp::Reverse(weights[i as usize]));
+        // SRV priority first (lower wins), then weight (higher wins); stable, so configuration
+        // order breaks ties.
+        priority.sort_by_key(|&i| {
+            let up = &upstreams[i as usize];
+            (up.srv_priority(), std::cmp::Reverse(up.weight()))
+        });
         let balanced = Balanced::build(upstreams.iter().map(|u| (u.name(), u.weight())));
         let ring = OnceLock::new();
         if hash_mode == HashMode::RspamdRing {

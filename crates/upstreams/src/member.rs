@@ -1,0 +1,150 @@
+//! Membership changes from discovery (SRV targets): a new snapshot built off the pick path
+//! and published with one atomic swap; upstreams that stay keep their health.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::event::Event;
+use crate::health;
+use crate::list::{Shared, UpstreamList};
+use crate::parse::{Entry, Host};
+use crate::select::Members;
+use crate::upstream::Upstream;
+
+/// One target of an SRV answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SrvTarget {
+    /// SRV priority: lower is preferred (master-slave honours it).
+    pub priority: u16,
+    /// SRV weight; the member's weight is `max(weight, 1)`.
+    pub weight: u16,
+    /// The target's port.
+    pub port: u16,
+    /// The target host name.
+    pub target: String,
+}
+
+/// What a membership change did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// Names of the members that joined.
+    pub added: Vec<String>,
+    /// Names of the members that were drained.
+    pub removed: Vec<String>,
+}
+
+impl MembershipChange {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+impl UpstreamList {
+    /// Replaces the members of the SRV entry `srv` belongs to (the entry's placeholder or any
+    /// of its current targets) with `targets` (SPEC.md item 41). Members that stay keep their
+    /// state and error counts; new ones start `Pending` until their names resolve; members
+    /// that disappear are drained (`offline` fires for those that were alive; they are never
+    /// returned again). An empty answer changes nothing.
+    pub fn set_srv_targets(&self, srv: &Upstream, targets: &[SrvTarget]) -> MembershipChange {
+        let mut change = MembershipChange::default();
+        if targets.is_empty() {
+            return change;
+        }
+        let group = srv.group();
+        let _writer = self.rebuild_lock();
+        let current = self.members_full();
+        if !current.upstreams.iter().any(|u| u.group() == group) {
+            return change; // not (or no longer) a member of this list
+        }
+        let mut wanted: Vec<SrvTarget> = targets.to_vec();
+        wanted.sort(); // the same answer gives the same membership, whatever its order
+        wanted.dedup();
+        let fresh: Vec<Entry> = wanted
+            .iter()
+            .map(|t| Entry::srv_target(&t.target, t.port, t.weight.max(1)))
+            .collect();
+        let shared = self.shared();
+        let mut next: Vec<Arc<Upstream>> = Vec::with_capacity(current.upstreams.len());
+        let mut placed = false;
+        let mut kept: Vec<bool> = vec![false; current.upstreams.len()];
+        for up in current.upstreams.iter() {
+            if up.group() != group {
+                next.push(Arc::clone(up));
+                continue;
+            }
+            if placed {
+                continue;
+            }
+            placed = true;
+            for (entry, target) in fresh.iter().zip(&wanted) {
+                let existing = current.upstreams.iter().enumerate().find(|(_, u)| {
+                    u.group() == group
+                        && u.entry() == entry
+                        && u.srv_priority() == target.priority
+                        && !matches!(u.entry().host(), Host::Srv { .. })
+                });
+                match existing {
+                    Some((i, u)) => {
+                        kept[i] = true;
+                        next.push(Arc::clone(u));
+                    }
+                    None => {
+                        change.added.push(entry.name().to_owned());
+                        next.push(Upstream::new(
+                            entry.clone(),
+                            group,
+                            target.priority,
+                            Arc::clone(shared),
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, up) in current.upstreams.iter().enumerate() {
+            if up.group() == group && !kept[i] {
+                if !matches!(up.entry().host(), Host::Srv { .. }) {
+                    change.removed.push(up.name().to_owned());
+                }
+                drain(shared, up);
+            }
+        }
+        if change.is_empty() {
+            return change;
+        }
+        shared.set_member_count(next.len());
+        self.publish(Members::build(next, shared.limits.hash_mode));
+        change
+    }
+}
+
+/// Takes `up` out for good: any state → `Draining`, counters adjusted, `offline` fired when it
+/// was serving.
+fn drain(shared: &Shared, up: &Upstream) {
+    let mut word = up.state.load(Ordering::Acquire);
+    loop {
+        if health::tag(word) == health::DRAINING {
+            return;
+        }
+        // AcqRel: the counter updates below belong to the winner of this CAS only.
+        match up.state.compare_exchange_weak(
+            word,
+            health::DRAINING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => break,
+            Err(seen) => word = seen,
+        }
+    }
+    match health::tag(word) {
+        health::ALIVE => {
+            shared.alive.fetch_sub(1, Ordering::Relaxed);
+            shared.emit(Event::Offline, up, up.errors());
+        }
+        health::PENDING | health::DRAINING => {}
+        _ => {
+            shared.offline.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! SPEC.md item 41: SRV membership in the core (the DNS shell feeds it answers).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::{exact, list, record};
+use upstreams::{FailKind, Rotation, SrvTarget, State};
+
+fn target(name: &str, port: u16, weight: u16, priority: u16) -> SrvTarget {
+    SrvTarget {
+        priority,
+        weight,
+        port,
+        target: name.to_owned(),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn item_41_srv_targets_join_stay_and_drain() {
+    let (l, _) = list("service=fuzzy+example.com", exact());
+    let log = record(&l);
+    let placeholder = l.upstreams()[0].clone();
+    assert_eq!(placeholder.state(), State::Pending);
+    assert!(l.get(Rotation::RoundRobin, b"").is_none());
+
+    let change = l.set_srv_targets(
+        &placeholder,
+        &[
+            target("a.example.", 1001, 5, 10),
+            target("b.example.", 1002, 0, 20),
+        ],
+    );
+    assert_eq!(change.added, ["a.example:1001", "b.example:1002"]);
+    assert!(change.removed.is_empty());
+    let names: Vec<String> = l.upstreams().iter().map(|u| u.name().to_owned()).collect();
+    assert_eq!(names, ["a.example:1001", "b.example:1002"]);
+    let weights: Vec<u16> = l.upstreams().iter().map(|u| u.weight()).collect();
+    assert_eq!(weights, [5, 1], "weight = max(SRV weight, 1)");
+    for up in l.upstreams() {
+        assert_eq!(up.state(), State::Pending, "targets need their own A/AAAA");
+        l.set_addresses(&up, &[ip("10.0.0.1")]);
+    }
+    // SRV priority: the lower one is the master.
+    for _ in 0..3 {
+        assert_eq!(
+            l.get(Rotation::MasterSlave, b"").unwrap().name(),
+            "a.example:1001"
+        );
+    }
+    let a = l.find("a.example:1001").unwrap();
+    a.fail(FailKind::Other, "x");
+
+    // b disappears, c joins; a stays with its errors.
+    let change = l.set_srv_targets(
+        &a,
+        &[
+            target("c.example.", 1003, 1, 20),
+            target("a.example.", 1001, 5, 10),
+        ],
+    );
+    assert_eq!(change.added, ["c.example:1003"]);
+    assert_eq!(change.removed, ["b.example:1002"]);
+    assert_eq!(a.errors(), 1, "a kept its error count");
+    assert!(std::sync::Arc::ptr_eq(
+        &a,
+        &l.find("a.example:1001").unwrap()
+    ));
+    let b_events: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.contains("b.example"))
+        .cloned()
+        .collect();
+    assert_eq!(b_events.last().unwrap(), "offline b.example:1002 0");
+    assert!(l.find("b.example:1002").is_none());
+    let c = l.find("c.example:1003").unwrap();
+    l.set_addresses(&c, &[ip("10.0.0.3")]);
+    for _ in 0..20 {
+        let p = l.get(Rotation::RoundRobin, b"").unwrap();
+        assert_ne!(
+            p.name(),
+            "b.example:1002",
+            "a drained member is never returned"
+        );
+    }
+    assert_eq!(l.alive_count(), 2);
+    // An empty answer keeps the members.
+    assert!(l.set_srv_targets(&a, &[]).is_empty());
+    assert_eq!(l.upstreams().len(), 2);
+    // The same answer in another order changes nothing.
+    assert!(l
+        .set_srv_targets(
+            &a,
+            &[
+                target("a.example", 1001, 5, 10),
+                target("c.example", 1003, 1, 20)
+            ]
+        )
+        .is_empty());
+}
+
+#[test]
+fn item_41_other_entries_keep_their_place() {
+    let (l, _) = list("127.0.0.1,service=x+example.com,127.0.0.2", exact());
+    let srv = l.upstreams()[1].clone();
+    l.set_srv_targets(&srv, &[target("t.example", 7, 1, 0)]);
+    let names: Vec<String> = l.upstreams().iter().map(|u| u.name().to_owned()).collect();
+    assert_eq!(names, ["127.0.0.1", "t.example:7", "127.0.0.2"]);
+    let idx: Vec<usize> = l.upstreams().iter().map(|u| u.index()).collect();
+    assert_eq!(idx, [0, 1, 2]);
+    // get_except still works after the snapshot changed.
+    let first = l.find("127.0.0.1").unwrap();
+    assert_eq!(
+        l.get_except(&first, Rotation::RoundRobin, b"")
+            .unwrap()
+            .name(),
+        "127.0.0.2"
+    );
+}
