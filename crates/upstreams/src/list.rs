@@ -123,6 +123,8 @@ pub struct UpstreamList {
     rotation: Option<Rotation>,
     /// Serialises membership writers (readers never take it).
     rebuild: Mutex<()>,
+    /// The definition's entries (SRV entries expand to members).
+    entries: Box<[crate::parse::Entry]>,
 }
 
 impl UpstreamList {
@@ -172,7 +174,12 @@ impl UpstreamList {
             members: ArcSwap::from_pointee(members),
             rotation: definition.rotation(),
             rebuild: Mutex::new(()),
+            entries: entries.into(),
         })
+    }
+
+    pub(crate) fn definition_entries(&self) -> &[crate::parse::Entry] {
+        &self.entries
     }
 
     pub(crate) fn rebuild_lock(&self) -> MutexGuard<'_, ()> {

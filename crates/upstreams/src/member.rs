@@ -41,17 +41,28 @@ impl MembershipChange {
 }
 
 impl UpstreamList {
-    /// Replaces the members of the SRV entry `srv` belongs to (the entry's placeholder or any
-    /// of its current targets) with `targets` (SPEC.md item 41). Members that stay keep their
-    /// state and error counts; new ones start `Pending` until their names resolve; members
-    /// that disappear are drained (`offline` fires for those that were alive; they are never
-    /// returned again). An empty answer changes nothing.
-    pub fn set_srv_targets(&self, srv: &Upstream, targets: &[SrvTarget]) -> MembershipChange {
+    /// The SRV entries of the definition: `(group, record name)`, where `group` is the
+    /// entry's index (its members' [`Upstream::group`]) and the name is
+    /// `_<service>._tcp.<domain>`.
+    pub fn srv_entries(&self) -> Vec<(usize, String)> {
+        self.definition_entries()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| matches!(e.host(), Host::Srv { .. }))
+            .map(|(i, e)| (i, e.name().to_owned()))
+            .collect()
+    }
+
+    /// Replaces the members of SRV entry `group` (see [`srv_entries`](Self::srv_entries)) with
+    /// `targets` (SPEC.md item 41). Members that stay keep their state and error counts; new
+    /// ones start `Pending` until their names resolve; members that disappear are drained
+    /// (`offline` fires for those that were alive; they are never returned again). An empty
+    /// answer changes nothing.
+    pub fn set_srv_targets(&self, group: usize, targets: &[SrvTarget]) -> MembershipChange {
         let mut change = MembershipChange::default();
         if targets.is_empty() {
             return change;
         }
-        let group = srv.group();
         let _writer = self.rebuild_lock();
         let current = self.members_full();
         if !current.upstreams.iter().any(|u| u.group() == group) {

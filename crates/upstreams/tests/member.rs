@@ -30,8 +30,9 @@ fn item_41_srv_targets_join_stay_and_drain() {
     assert_eq!(placeholder.state(), State::Pending);
     assert!(l.get(Rotation::RoundRobin, b"").is_none());
 
+    assert_eq!(l.srv_entries(), [(0, "_fuzzy._tcp.example.com".to_owned())]);
     let change = l.set_srv_targets(
-        &placeholder,
+        placeholder.group(),
         &[
             target("a.example.", 1001, 5, 10),
             target("b.example.", 1002, 0, 20),
@@ -59,7 +60,7 @@ fn item_41_srv_targets_join_stay_and_drain() {
 
     // b disappears, c joins; a stays with its errors.
     let change = l.set_srv_targets(
-        &a,
+        a.group(),
         &[
             target("c.example.", 1003, 1, 20),
             target("a.example.", 1001, 5, 10),
@@ -93,12 +94,12 @@ fn item_41_srv_targets_join_stay_and_drain() {
     }
     assert_eq!(l.alive_count(), 2);
     // An empty answer keeps the members.
-    assert!(l.set_srv_targets(&a, &[]).is_empty());
+    assert!(l.set_srv_targets(a.group(), &[]).is_empty());
     assert_eq!(l.upstreams().len(), 2);
     // The same answer in another order changes nothing.
     assert!(l
         .set_srv_targets(
-            &a,
+            a.group(),
             &[
                 target("a.example", 1001, 5, 10),
                 target("c.example", 1003, 1, 20)
@@ -111,7 +112,7 @@ fn item_41_srv_targets_join_stay_and_drain() {
 fn item_41_other_entries_keep_their_place() {
     let (l, _) = list("127.0.0.1,service=x+example.com,127.0.0.2", exact());
     let srv = l.upstreams()[1].clone();
-    l.set_srv_targets(&srv, &[target("t.example", 7, 1, 0)]);
+    l.set_srv_targets(srv.group(), &[target("t.example", 7, 1, 0)]);
     let names: Vec<String> = l.upstreams().iter().map(|u| u.name().to_owned()).collect();
     assert_eq!(names, ["127.0.0.1", "t.example:7", "127.0.0.2"]);
     let idx: Vec<usize> = l.upstreams().iter().map(|u| u.index()).collect();
