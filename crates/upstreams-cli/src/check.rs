@@ -3,7 +3,8 @@
 use std::io::Write;
 
 use anyhow::Result;
-use upstreams::{Definition, Host};
+use upstreams::{Definition, Host, Limits, UpstreamList};
+use upstreams_dns::Nameservers;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
@@ -12,39 +13,79 @@ pub(crate) struct Args {
     /// Port for entries that name none.
     #[arg(long, short = 'p', default_value_t = 11333)]
     default_port: u16,
+    #[command(flatten)]
+    dns: DnsArgs,
+}
+
+/// `--dns`: resolve names (A/AAAA, SRV) before answering.
+#[derive(clap::Args, Debug)]
+pub(crate) struct DnsArgs {
+    /// Resolve names first, asking these nameservers (`ip[:port],…`) or `system`
+    /// (/etc/resolv.conf). Without it, names stay unresolved (pending).
+    #[arg(long, value_name = "SERVERS")]
+    dns: Option<String>,
+}
+
+impl DnsArgs {
+    /// Resolves the names of `list` when `--dns` was given; failures are reported on stderr
+    /// and leave the names pending.
+    pub(crate) fn resolve(&self, list: &UpstreamList) -> Result<()> {
+        let Some(servers) = &self.dns else {
+            return Ok(());
+        };
+        let servers = Nameservers::parse(servers)?;
+        let report = upstreams_dns::resolve_blocking(list, &servers)?;
+        if report.failed > 0 {
+            eprintln!(
+                "upstreams: {} of {} DNS queries failed; those names stay unresolved",
+                report.failed, report.queried
+            );
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn run(args: &Args) -> Result<()> {
     let def = Definition::parse(&args.definition, args.default_port)?;
+    let list = UpstreamList::new(&def, Limits::default())?;
+    args.dns.resolve(&list)?;
     let mut out = std::io::stdout().lock();
     let rotation = def
         .rotation()
         .map_or_else(|| "(none: caller decides)".to_owned(), |r| r.to_string());
     writeln!(out, "rotation: {rotation}")?;
-    writeln!(out, "upstreams: {}", def.entries().len())?;
-    let rows: Vec<[String; 5]> = def
-        .entries()
+    writeln!(out, "upstreams: {}", list.len())?;
+    let srv_groups: Vec<usize> = list.srv_entries().iter().map(|(g, _)| *g).collect();
+    let rows: Vec<[String; 7]> = list
+        .upstreams()
         .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let kind = match e.host() {
-                Host::Ip(ip) if ip.is_ipv4() => "ipv4".to_owned(),
-                Host::Ip(_) => "ipv6".to_owned(),
-                Host::Name(_) => "dns name (pending)".to_owned(),
-                Host::Unix(_) => "unix socket".to_owned(),
-                Host::Srv { .. } => "srv (pending)".to_owned(),
-                _ => "other".to_owned(),
+        .map(|up| {
+            let kind = match up.entry().host() {
+                Host::Ip(ip) if ip.is_ipv4() => "ipv4",
+                Host::Ip(_) => "ipv6",
+                Host::Name(_) if srv_groups.contains(&up.group()) => "srv target",
+                Host::Name(_) => "dns name",
+                Host::Unix(_) => "unix socket",
+                Host::Srv { .. } => "srv",
+                _ => "other",
             };
+            let addrs: Vec<String> = up.addrs().iter().map(|(a, _)| a.to_string()).collect();
             [
-                (i + 1).to_string(),
-                e.name().to_owned(),
-                e.port().to_string(),
-                e.weight().to_string(),
-                kind,
+                (up.index() + 1).to_string(),
+                up.name().to_owned(),
+                up.port().to_string(),
+                up.weight().to_string(),
+                kind.to_owned(),
+                format!("{:?}", up.state()).to_lowercase(),
+                addrs.join(" "),
             ]
         })
         .collect();
-    print_table(&mut out, &["#", "name", "port", "weight", "kind"], &rows)?;
+    print_table(
+        &mut out,
+        &["#", "name", "port", "weight", "kind", "state", "addresses"],
+        &rows,
+    )?;
     writeln!(out, "normalised: {def}")?;
     Ok(())
 }

@@ -31,11 +31,14 @@ pub(crate) struct Args {
     /// Port for entries that name none.
     #[arg(long, short = 'p', default_value_t = 11333)]
     default_port: u16,
+    #[command(flatten)]
+    dns: crate::check::DnsArgs,
 }
 
 pub(crate) fn run(args: &Args) -> Result<()> {
     let limits = Limits::default().with_hash_mode(args.hash);
     let list = UpstreamList::parse(&args.definition, args.default_port, limits)?;
+    args.dns.resolve(&list)?;
     for name in &args.down {
         let up = list
             .find(name)
