@@ -4,10 +4,13 @@ use std::time::Duration;
 
 use mlua::{MultiValue, Result, Table, Value};
 use upstreams::{Definition, HashMode, Limits};
+use upstreams_dns::Nameservers;
 
 /// The arguments of `create`, sorted out.
 pub(crate) struct CreateArgs {
     pub(crate) limits: Limits,
+    /// Nameservers for names in the definition; `None` (`dns = false`) leaves them pending.
+    pub(crate) dns: Option<Nameservers>,
     /// The definition, or the message `create` returns after `nil`.
     pub(crate) definition: std::result::Result<Definition, String>,
 }
@@ -33,7 +36,9 @@ pub(crate) fn create_args(args: MultiValue) -> Result<CreateArgs> {
         (Value::Nil, first, second)
     };
     let mut limits = Limits::default().with_hash_mode(HashMode::RspamdRing);
+    let mut dns = Some(Nameservers::System);
     if let Value::Table(t) = &cfg {
+        dns = read_dns(t)?;
         limits = read_limits(t, limits)?;
     }
     let default_port = default_port(&port)?;
@@ -66,7 +71,11 @@ pub(crate) fn create_args(args: MultiValue) -> Result<CreateArgs> {
         }
         _ => return Err(mlua::Error::runtime("invalid arguments")),
     };
-    Ok(CreateArgs { limits, definition })
+    Ok(CreateArgs {
+        limits,
+        dns,
+        definition,
+    })
 }
 
 fn default_port(v: &Value) -> Result<u16> {
@@ -118,6 +127,21 @@ fn count(key: &str, v: Value) -> Result<u32> {
     Ok(n as u32)
 }
 
+/// `cfg.dns`: `"system"` (the default), `"ip[:port],…"`, or `false` (do not resolve).
+fn read_dns(t: &Table) -> Result<Option<Nameservers>> {
+    match t.get::<Value>("dns")? {
+        Value::Nil => Ok(Some(Nameservers::System)),
+        Value::Boolean(false) => Ok(None),
+        Value::String(s) => Nameservers::parse(&s.to_str()?)
+            .map(Some)
+            .map_err(|e| invalid(format!("cfg.dns: {e}"))),
+        other => Err(invalid(format!(
+            "cfg.dns must be a string or false, got {}",
+            lua_type(&other)
+        ))),
+    }
+}
+
 /// Reads the limits a `cfg` table sets; unknown keys are errors (a typo must not pass).
 fn read_limits(t: &Table, mut l: Limits) -> Result<Limits> {
     for pair in t.pairs::<Value, Value>() {
@@ -127,6 +151,7 @@ fn read_limits(t: &Table, mut l: Limits) -> Result<Limits> {
         };
         let key = key.to_str()?.to_string();
         l = match key.as_str() {
+            "dns" => l, // read by read_dns
             "max_errors" => l.with_max_errors(count(&key, v)?),
             "max_consecutive_errors" => l.with_max_consecutive_errors(count(&key, v)?),
             "dns_retransmits" => l.with_dns_retransmits(count(&key, v)?),

@@ -234,10 +234,15 @@ pub(crate) fn module(lua: &Lua) -> Result<Table> {
                 Err(message) => return (Value::Nil, message).into_lua_multi(lua),
             };
             match UpstreamList::new(&def, args.limits) {
-                Ok(list) => LuaList {
-                    core: Core::new(list),
+                Ok(list) => {
+                    if let Some(servers) = &args.dns {
+                        resolve_now(&list, servers);
+                    }
+                    LuaList {
+                        core: Core::new(list),
+                    }
+                    .into_lua_multi(lua)
                 }
-                .into_lua_multi(lua),
                 Err(err) => (Value::Nil, err.to_string()).into_lua_multi(lua),
             }
         })?,
@@ -246,3 +251,28 @@ pub(crate) fn module(lua: &Lua) -> Result<Table> {
 }
 
 use mlua::IntoLuaMulti as _;
+
+/// Resolves the names of a new list before `create` returns, so `create("localhost:6379")`
+/// has addresses at once. Runs on its own thread: the host may already be inside a tokio
+/// runtime, where another one cannot be started. A failure leaves names pending (logged).
+fn resolve_now(list: &UpstreamList, servers: &upstreams_dns::Nameservers) {
+    let needs = list
+        .upstreams()
+        .iter()
+        .any(|u| u.entry().host().needs_resolution());
+    if !needs {
+        return;
+    }
+    std::thread::scope(|scope| {
+        let job = scope.spawn(|| upstreams_dns::resolve_blocking(list, servers));
+        match job.join() {
+            Ok(Ok(report)) if report.failed > 0 => eprintln!(
+                "upstream_list: {} of {} DNS queries failed; those names stay unresolved",
+                report.failed, report.queried
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => eprintln!("upstream_list: cannot resolve names: {err}"),
+            Err(_) => eprintln!("upstream_list: the resolver thread panicked"),
+        }
+    });
+}
