@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -120,11 +120,12 @@ impl fmt::Debug for Shared {
 pub struct UpstreamList {
     shared: Arc<Shared>,
     members: ArcSwap<Members>,
-    rotation: Option<Rotation>,
+    /// The definition's prefix: 0 = none, else 1 + index in `Rotation::ALL`.
+    rotation: AtomicU8,
     /// Serialises membership writers (readers never take it).
     rebuild: Mutex<()>,
     /// The definition's entries (SRV entries expand to members).
-    entries: Box<[crate::parse::Entry]>,
+    entries: ArcSwap<Vec<crate::parse::Entry>>,
 }
 
 impl UpstreamList {
@@ -172,14 +173,21 @@ impl UpstreamList {
         Ok(Self {
             shared,
             members: ArcSwap::from_pointee(members),
-            rotation: definition.rotation(),
+            rotation: AtomicU8::new(encode_rotation(definition.rotation())),
             rebuild: Mutex::new(()),
-            entries: entries.into(),
+            entries: ArcSwap::from_pointee(entries.to_vec()),
         })
     }
 
-    pub(crate) fn definition_entries(&self) -> &[crate::parse::Entry] {
-        &self.entries
+    pub(crate) fn definition_entries(&self) -> Arc<Vec<crate::parse::Entry>> {
+        self.entries.load_full()
+    }
+
+    /// Replaces the definition (a configuration reload) and its rotation prefix.
+    pub(crate) fn set_definition(&self, def: &Definition) {
+        self.entries.store(Arc::new(def.entries().to_vec()));
+        self.rotation
+            .store(encode_rotation(def.rotation()), Ordering::Relaxed);
     }
 
     pub(crate) fn rebuild_lock(&self) -> MutexGuard<'_, ()> {
@@ -207,7 +215,7 @@ impl UpstreamList {
 
     /// The rotation named by the definition's prefix, if any.
     pub fn rotation(&self) -> Option<Rotation> {
-        self.rotation
+        decode_rotation(self.rotation.load(Ordering::Relaxed))
     }
 
     /// The limits the list was built with.
@@ -258,7 +266,7 @@ impl UpstreamList {
     /// Picks with the list's own rotation when its definition named one, else `rotation`
     /// (rspamd's non-forced get). `key` matters for [`Rotation::Hashed`] only.
     pub fn get(&self, rotation: Rotation, key: &[u8]) -> Option<Picked> {
-        self.pick(self.rotation.unwrap_or(rotation), key, None)
+        self.pick(self.rotation().unwrap_or(rotation), key, None)
     }
 
     /// Picks with `rotation` whatever the definition's prefix says.
@@ -269,7 +277,7 @@ impl UpstreamList {
     /// Picks any upstream but `except` (for retries); returns `except` only when it is the
     /// one selectable upstream.
     pub fn get_except(&self, except: &Upstream, rotation: Rotation, key: &[u8]) -> Option<Picked> {
-        let rotation = self.rotation.unwrap_or(rotation);
+        let rotation = self.rotation().unwrap_or(rotation);
         self.pick(rotation, key, Some(except)).or_else(|| {
             // Sequential's `None` is its end of round, not "nothing else selectable".
             let only_one = self.alive_count() <= 1;
@@ -304,7 +312,7 @@ impl UpstreamList {
         Snapshot {
             members: self.members.load_full(),
             shared: Arc::clone(&self.shared),
-            rotation: self.rotation,
+            rotation: self.rotation(),
         }
     }
     /// Hands a resolver's answer to the upstream named by `upstream` (A/AAAA addresses; the
@@ -449,7 +457,7 @@ impl fmt::Debug for Snapshot {
 impl fmt::Debug for UpstreamList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamList")
-            .field("rotation", &self.rotation)
+            .field("rotation", &self.rotation())
             .field("upstreams", &self.members.load().upstreams)
             .finish()
     }
@@ -461,7 +469,7 @@ impl fmt::Display for UpstreamList {
         let members = self.members.load();
         crate::parse::write_definition(
             f,
-            self.rotation,
+            self.rotation(),
             members.upstreams.iter().map(|u| u.entry()),
         )
     }
@@ -529,4 +537,14 @@ impl fmt::Debug for Picked {
             .field(&self.upstream.name())
             .finish()
     }
+}
+
+fn encode_rotation(r: Option<Rotation>) -> u8 {
+    r.and_then(|r| Rotation::ALL.iter().position(|x| *x == r))
+        .map_or(0, |i| i as u8 + 1)
+}
+
+fn decode_rotation(v: u8) -> Option<Rotation> {
+    v.checked_sub(1)
+        .and_then(|i| Rotation::ALL.get(usize::from(i)).copied())
 }

@@ -159,3 +159,70 @@ fn drain(shared: &Shared, up: &Upstream) {
         }
     }
 }
+
+impl UpstreamList {
+    /// Applies a changed definition (a configuration reload) without losing health: an
+    /// upstream whose entry is unchanged keeps its state, error counts and in-flight picks; an
+    /// unchanged SRV entry keeps its current members; new entries join (names `Pending`,
+    /// numeric ones alive at once); entries that are gone are drained. The rotation prefix
+    /// follows the new definition. Limits are not changed by a reload (build a new list for
+    /// that). Picks in progress are never disturbed.
+    pub fn reconfigure(&self, definition: &crate::parse::Definition) -> MembershipChange {
+        let mut change = MembershipChange::default();
+        let _writer = self.rebuild_lock();
+        let current = self.members_full();
+        let old_entries = self.definition_entries();
+        let shared = self.shared();
+        let is_srv = |e: &Entry| matches!(e.host(), Host::Srv { .. });
+        let configured = |u: &Upstream| old_entries.get(u.group()).is_some_and(|e| !is_srv(e));
+        let mut used = vec![false; current.upstreams.len()];
+        let mut srv_used = vec![false; old_entries.len()];
+        let mut next: Vec<Arc<Upstream>> = Vec::with_capacity(definition.entries().len());
+        for (group, entry) in definition.entries().iter().enumerate() {
+            if is_srv(entry) {
+                let old =
+                    (0..old_entries.len()).find(|&g| !srv_used[g] && old_entries[g] == *entry);
+                if let Some(old) = old {
+                    srv_used[old] = true;
+                    // Members not taken yet still carry their old group number.
+                    for (i, up) in current.upstreams.iter().enumerate() {
+                        if !used[i] && up.group() == old {
+                            used[i] = true;
+                            up.set_group(group);
+                            next.push(Arc::clone(up));
+                        }
+                    }
+                    continue;
+                }
+            } else if let Some(i) = (0..current.upstreams.len()).find(|&i| {
+                !used[i]
+                    && configured(&current.upstreams[i])
+                    && current.upstreams[i].entry() == entry
+            }) {
+                used[i] = true;
+                current.upstreams[i].set_group(group);
+                next.push(Arc::clone(&current.upstreams[i]));
+                continue;
+            }
+            let up = Upstream::new(entry.clone(), group, 0, Arc::clone(shared));
+            if up.is_alive() {
+                shared.alive.fetch_add(1, Ordering::Relaxed);
+                shared.emit(Event::Online, &up, 0);
+            }
+            change.added.push(up.name().to_owned());
+            next.push(up);
+        }
+        for (i, up) in current.upstreams.iter().enumerate() {
+            if !used[i] {
+                if !is_srv(up.entry()) {
+                    change.removed.push(up.name().to_owned());
+                }
+                drain(shared, up);
+            }
+        }
+        shared.set_member_count(next.len());
+        self.set_definition(definition);
+        self.publish(Members::build(next, shared.limits.hash_mode));
+        change
+    }
+}

@@ -40,8 +40,9 @@ pub struct Upstream {
     entry: Entry,
     /// Position in the current membership snapshot (updated when membership changes).
     slot: AtomicUsize,
-    /// The definition entry it comes from (an SRV entry has several members).
-    group: usize,
+    /// The definition entry it comes from (an SRV entry has several members); changes when
+    /// a reload moves the entry.
+    group: AtomicUsize,
     /// SRV priority (lower is preferred by master-slave); 0 for configured entries.
     srv_priority: u16,
     /// Health state word (see [`health`]).
@@ -94,7 +95,7 @@ impl Upstream {
             tokens: crate::select::tokens::Bucket::new(),
             entry,
             slot: AtomicUsize::new(group),
-            group,
+            group: AtomicUsize::new(group),
             srv_priority,
             state: AtomicU64::new(initial),
             window: Mutex::default(),
@@ -143,7 +144,11 @@ impl Upstream {
     /// The index of the definition entry this upstream comes from (SRV targets share their
     /// SRV entry's).
     pub fn group(&self) -> usize {
-        self.group
+        self.group.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_group(&self, group: usize) {
+        self.group.store(group, Ordering::Relaxed);
     }
 
     /// SRV priority (lower preferred); 0 for upstreams written in the definition.

@@ -126,3 +126,52 @@ fn item_41_other_entries_keep_their_place() {
         "127.0.0.2"
     );
 }
+
+#[test]
+fn reconfigure_keeps_health_of_upstreams_that_stay() {
+    let (l, clock) = list(
+        "127.0.0.1,127.0.0.2,127.0.0.3,service=x+example.com",
+        exact(),
+    );
+    let events = record(&l);
+    let srv_group = l.srv_entries()[0].0;
+    l.set_srv_targets(srv_group, &[target("t.example", 7, 1, 0)]);
+    let t = l.find("t.example:7").unwrap();
+    l.set_addresses(&t, &[ip("10.0.0.7")]);
+    common::take_offline(&l, &clock, "127.0.0.2");
+    let two = l.find("127.0.0.2").unwrap();
+    let def = upstreams::Definition::parse(
+        "round-robin:service=x+example.com,127.0.0.2,127.0.0.4",
+        11333,
+    )
+    .unwrap();
+    let change = l.reconfigure(&def);
+    assert_eq!(change.added, ["127.0.0.4"]);
+    assert_eq!(change.removed, ["127.0.0.1", "127.0.0.3"]);
+    assert_eq!(l.rotation(), Some(Rotation::RoundRobin));
+    let names: Vec<String> = l.upstreams().iter().map(|u| u.name().to_owned()).collect();
+    assert_eq!(names, ["t.example:7", "127.0.0.2", "127.0.0.4"]);
+    assert!(
+        std::sync::Arc::ptr_eq(&two, &l.find("127.0.0.2").unwrap()),
+        "same upstream, same health"
+    );
+    assert!(!two.is_alive(), "still offline after the reload");
+    assert_eq!(l.srv_entries(), [(0, "_x._tcp.example.com".to_owned())]);
+    assert_eq!(l.find("t.example:7").unwrap().group(), 0);
+    assert_eq!(l.alive_count(), 2);
+    let ev = events.lock().unwrap().clone();
+    assert!(ev.contains(&"offline 127.0.0.1 0".to_owned()), "{ev:?}");
+    assert!(ev.contains(&"online 127.0.0.4 0".to_owned()), "{ev:?}");
+    for _ in 0..10 {
+        let p = l.get(Rotation::Random, b"").unwrap();
+        assert!(
+            ["t.example:7", "127.0.0.4"].contains(&p.name()),
+            "{}",
+            p.name()
+        );
+    }
+    // SRV answers after the reload land in the moved group.
+    let change = l.set_srv_targets(0, &[target("u.example", 8, 1, 0)]);
+    assert_eq!(change.added, ["u.example:8"]);
+    assert_eq!(change.removed, ["t.example:7"]);
+}
