@@ -1,6 +1,7 @@
 //! The DNS shell of `upstreams` (SPEC.md §6): resolves the names of a list (A/AAAA) and its
 //! SRV entries with `hickory-resolver`, re-resolves them lazily, and hands the answers to the
-//! core through [`UpstreamList::set_addresses`] and [`UpstreamList::set_srv_targets`].
+//! core through [`set_addresses`](upstreams::UpstreamList::set_addresses) and
+//! [`set_srv_targets`](upstreams::UpstreamList::set_srv_targets).
 //!
 //! The core decides *what* an answer means (pending → alive, addresses that persist keep
 //! their error counts, targets that vanish are drained); this crate decides *when* to ask:
