@@ -2,8 +2,10 @@
 
 #![forbid(unsafe_code)]
 
+mod backend;
 mod check;
 mod pick;
+mod proxy;
 mod simulate;
 
 use std::process::ExitCode;
@@ -26,6 +28,11 @@ enum Command {
     Pick(pick::Args),
     /// Run picks per rotation against a list with a failing upstream; print how they spread.
     Simulate(simulate::Args),
+    /// Load-balance TCP over a list: retries, health, metrics, status page, reload on SIGHUP.
+    Proxy(proxy::Args),
+    /// A tiny HTTP backend for tests and benchmarks.
+    #[command(hide = true)]
+    Backend(backend::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +41,8 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Pick(args) => pick::run(&args),
         Command::Simulate(args) => simulate::run(&args),
+        Command::Proxy(args) => proxy::run(&args),
+        Command::Backend(args) => backend::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

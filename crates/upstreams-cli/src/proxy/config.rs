@@ -1,0 +1,196 @@
+//! Proxy configuration: command-line flags for one listener, or a TOML file for several.
+//!
+//! ```toml
+//! admin = "127.0.0.1:9100"          # optional admin listener (/metrics, /status, /status.json)
+//! dns = "system"                    # or "127.0.0.1:5353"; used when a list names hosts
+//! drain_timeout = 10.0              # seconds to let sessions finish on shutdown
+//!
+//! [[listener]]
+//! listen = "127.0.0.1:8080"
+//! upstreams = "round-robin:127.0.0.1:9001,127.0.0.1:9002:3"
+//! rotation = "round-robin"          # when the definition has no prefix (default round-robin)
+//! hash = "balanced"                 # or "rspamd-ring"; for rotation "hash" (key: client IP)
+//! retries = 2                       # other upstreams tried after a failed connect
+//! connect_timeout = 1.0             # seconds
+//! default_port = 80
+//!
+//! [listener.limits]                 # any of: max_errors, error_time, revive_time,
+//! revive_time = 30.0                # revive_jitter, max_consecutive_errors, slow_start, ...
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use upstreams::{Definition, HashMode, Limits, Rotation};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    pub(crate) admin: Option<SocketAddr>,
+    pub(crate) dns: Option<String>,
+    #[serde(default = "default_drain")]
+    pub(crate) drain_timeout: f64,
+    #[serde(rename = "listener", default)]
+    pub(crate) listeners: Vec<ListenerConfig>,
+}
+
+fn default_drain() -> f64 {
+    10.0
+}
+
+/// One listener and its list.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenerConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) upstreams: String,
+    pub(crate) rotation: Option<String>,
+    pub(crate) hash: Option<String>,
+    #[serde(default = "default_retries")]
+    pub(crate) retries: u32,
+    #[serde(default = "default_connect_timeout")]
+    pub(crate) connect_timeout: f64,
+    #[serde(default)]
+    pub(crate) default_port: u16,
+    #[serde(default)]
+    pub(crate) limits: LimitsConfig,
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+fn default_connect_timeout() -> f64 {
+    1.0
+}
+
+/// Limits a listener may override (seconds for times).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsConfig {
+    pub(crate) max_errors: Option<u32>,
+    pub(crate) error_time: Option<f64>,
+    pub(crate) revive_time: Option<f64>,
+    pub(crate) revive_jitter: Option<f64>,
+    pub(crate) max_consecutive_errors: Option<u32>,
+    pub(crate) slow_start: Option<f64>,
+    pub(crate) dns_timeout: Option<f64>,
+    pub(crate) dns_retransmits: Option<u32>,
+    pub(crate) lazy_resolve_time: Option<f64>,
+    pub(crate) resolve_min_interval: Option<f64>,
+    pub(crate) probe_max_backoff: Option<f64>,
+}
+
+fn secs(what: &str, v: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(v)
+        .with_context(|| format!("{what}: {v} is not a duration in seconds"))
+}
+
+/// A listener's settings, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) definition: Definition,
+    pub(crate) rotation: Rotation,
+    pub(crate) limits: Limits,
+    pub(crate) retries: u32,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl ListenerConfig {
+    pub(crate) fn settings(&self) -> Result<Settings> {
+        let what = |field: &str| format!("listener {}: {field}", self.listen);
+        let definition = Definition::parse(&self.upstreams, self.default_port)
+            .with_context(|| what("upstreams"))?;
+        let rotation = match &self.rotation {
+            Some(r) => r
+                .parse::<Rotation>()
+                .map_err(anyhow::Error::msg)
+                .with_context(|| what("rotation"))?,
+            None => Rotation::RoundRobin,
+        };
+        // A proxy sees many failures fast: five refused connects in a row take an upstream
+        // out at once (envoy's consecutive-5xx default), on top of rspamd's error window.
+        let mut limits = Limits::default().with_max_consecutive_errors(5);
+        if let Some(h) = &self.hash {
+            limits = limits.with_hash_mode(
+                h.parse::<HashMode>()
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| what("hash"))?,
+            );
+        }
+        let l = &self.limits;
+        if let Some(v) = l.max_errors {
+            limits = limits.with_max_errors(v);
+        }
+        if let Some(v) = l.error_time {
+            limits = limits.with_error_time(secs(&what("limits.error_time"), v)?);
+        }
+        if let Some(v) = l.revive_time {
+            limits = limits.with_revive_time(secs(&what("limits.revive_time"), v)?);
+        }
+        if let Some(v) = l.revive_jitter {
+            limits = limits.with_revive_jitter(v);
+        }
+        if let Some(v) = l.max_consecutive_errors {
+            limits = limits.with_max_consecutive_errors(v);
+        }
+        if let Some(v) = l.slow_start {
+            limits = limits.with_slow_start(secs(&what("limits.slow_start"), v)?);
+        }
+        if let Some(v) = l.dns_timeout {
+            limits = limits.with_dns_timeout(secs(&what("limits.dns_timeout"), v)?);
+        }
+        if let Some(v) = l.dns_retransmits {
+            limits = limits.with_dns_retransmits(v);
+        }
+        if let Some(v) = l.lazy_resolve_time {
+            limits = limits.with_lazy_resolve_time(secs(&what("limits.lazy_resolve_time"), v)?);
+        }
+        if let Some(v) = l.resolve_min_interval {
+            limits =
+                limits.with_resolve_min_interval(secs(&what("limits.resolve_min_interval"), v)?);
+        }
+        if let Some(v) = l.probe_max_backoff {
+            limits = limits.with_probe_max_backoff(secs(&what("limits.probe_max_backoff"), v)?);
+        }
+        limits.validate().with_context(|| what("limits"))?;
+        Ok(Settings {
+            listen: self.listen,
+            definition,
+            rotation,
+            limits,
+            retries: self.retries,
+            connect_timeout: secs(&what("connect_timeout"), self.connect_timeout)?,
+        })
+    }
+}
+
+impl Config {
+    pub(crate) fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.listeners.is_empty() {
+            bail!("no [[listener]] configured");
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            l.settings()?;
+            if self.listeners[..i].iter().any(|o| o.listen == l.listen) {
+                bail!("listener {} configured twice", l.listen);
+            }
+        }
+        secs("drain_timeout", self.drain_timeout)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! Per-upstream traffic figures kept by the proxy (the core keeps health, not traffic).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+/// Upper bounds (seconds) of the connect-latency histogram buckets.
+pub(crate) const BUCKETS: [f64; 11] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0,
+];
+
+#[derive(Debug, Default)]
+pub(crate) struct UpStats {
+    pub(crate) picks: AtomicU64,
+    pub(crate) active: AtomicI64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+    last_change: Mutex<Option<(SystemTime, &'static str)>>,
+}
+
+impl UpStats {
+    pub(crate) fn observe_connect(&self, seconds: f64) {
+        for (bucket, le) in self.buckets.iter().zip(BUCKETS) {
+            if seconds <= le {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative bucket counts, the count and the sum in seconds.
+    pub(crate) fn histogram(&self) -> (Vec<u64>, u64, f64) {
+        (
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            self.count.load(Ordering::Relaxed),
+            self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        )
+    }
+
+    pub(crate) fn changed(&self, what: &'static str) {
+        *self.last_change.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((SystemTime::now(), what));
+    }
+
+    pub(crate) fn last_change(&self) -> Option<(SystemTime, &'static str)> {
+        *self.last_change.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The figures of one listener, by upstream name.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    per: RwLock<HashMap<String, Arc<UpStats>>>,
+    /// Clients closed because no upstream could take them.
+    pub(crate) refused: AtomicU64,
+    pub(crate) accepted: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn upstream(&self, name: &str) -> Arc<UpStats> {
+        if let Some(s) = self.per.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Arc::clone(s);
+        }
+        let mut per = self.per.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(per.entry(name.to_owned()).or_default())
+    }
+}
