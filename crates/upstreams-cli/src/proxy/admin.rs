@@ -71,7 +71,7 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
                 })
                 .collect();
             json!({
-                "listen": l.listen.to_string(),
+                "listen": l.bound.to_string(),
                 "definition": l.list.to_string(),
                 "rotation": l.list.rotation().unwrap_or(settings.rotation).to_string(),
                 "accepted": l.stats.accepted.load(Ordering::Relaxed),
@@ -157,160 +157,159 @@ async fn status_html(State(proxy): State<Arc<Proxy>>) -> Html<String> {
 }
 
 async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
-    let mut out = String::new();
-    let help = |out: &mut String, name: &str, kind: &str, text: &str| {
-        let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
-    };
     let listeners = proxy.listeners();
-    help(
-        &mut out,
+    // Every (listener, upstream, figures) once, so each family's samples stay together.
+    let rows: Vec<_> = listeners
+        .iter()
+        .flat_map(|l| {
+            l.list.upstreams().into_iter().map(move |up| {
+                let s = l.stats.upstream(up.name());
+                let labels = format!(
+                    "listener=\"{}\",upstream=\"{}\"",
+                    l.bound,
+                    up.name().replace(['"', '\\'], "_")
+                );
+                (labels, up, s)
+            })
+        })
+        .collect();
+    let mut out = String::new();
+    let mut family =
+        |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = String>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for line in samples {
+                let _ = writeln!(out, "{line}");
+            }
+        };
+    let gauge = |name: &str, f: &dyn Fn(&upstreams::Upstream, &super::stats::UpStats) -> String| {
+        rows.iter()
+            .map(|(labels, up, s)| format!("{name}{{{labels}}} {}", f(up, s)))
+            .collect::<Vec<_>>()
+    };
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
+    family(
         "upstreams_upstream_up",
         "gauge",
         "1 when the upstream is selectable.",
+        &mut gauge("upstreams_upstream_up", &|up, _| {
+            u8::from(up.is_alive()).to_string()
+        })
+        .into_iter(),
     );
-    help(
-        &mut out,
+    let states: Vec<String> = rows
+        .iter()
+        .flat_map(|(labels, up, _)| {
+            let now = state_name(up.state());
+            ["alive", "offline", "probing", "pending", "draining"].map(|st| {
+                format!(
+                    "upstreams_upstream_state{{{labels},state=\"{st}\"}} {}",
+                    u8::from(st == now)
+                )
+            })
+        })
+        .collect();
+    family(
         "upstreams_upstream_state",
         "gauge",
         "1 for the upstream's current state.",
+        &mut states.into_iter(),
     );
-    help(
-        &mut out,
+    family(
         "upstreams_upstream_errors",
         "gauge",
         "Failures in the current error window.",
+        &mut gauge("upstreams_upstream_errors", &|up, _| {
+            up.errors().to_string()
+        })
+        .into_iter(),
     );
-    help(
-        &mut out,
+    family(
         "upstreams_upstream_picks_total",
         "counter",
         "Connections handed to the upstream.",
+        &mut gauge("upstreams_upstream_picks_total", &|_, s| load(&s.picks)).into_iter(),
     );
-    help(
-        &mut out,
+    family(
         "upstreams_upstream_active_connections",
         "gauge",
         "Sessions open to the upstream.",
+        &mut gauge("upstreams_upstream_active_connections", &|_, s| {
+            s.active.load(Ordering::Relaxed).to_string()
+        })
+        .into_iter(),
     );
-    help(
-        &mut out,
+    family(
         "upstreams_upstream_bytes_in_total",
         "counter",
         "Bytes from the upstream to clients.",
+        &mut gauge("upstreams_upstream_bytes_in_total", &|_, s| {
+            load(&s.bytes_in)
+        })
+        .into_iter(),
     );
-    help(
-        &mut out,
+    family(
         "upstreams_upstream_bytes_out_total",
         "counter",
         "Bytes from clients to the upstream.",
+        &mut gauge("upstreams_upstream_bytes_out_total", &|_, s| {
+            load(&s.bytes_out)
+        })
+        .into_iter(),
     );
-    help(
-        &mut out,
+    family(
         "upstreams_upstream_connect_failures_total",
         "counter",
         "Failed connects.",
+        &mut gauge("upstreams_upstream_connect_failures_total", &|_, s| {
+            load(&s.connect_failures)
+        })
+        .into_iter(),
     );
-    help(
-        &mut out,
+    let histogram: Vec<String> = rows
+        .iter()
+        .flat_map(|(labels, _, s)| {
+            let (buckets, count, sum) = s.histogram();
+            let name = "upstreams_upstream_connect_seconds";
+            let mut lines: Vec<String> = BUCKETS
+                .iter()
+                .zip(buckets)
+                .map(|(le, n)| format!("{name}_bucket{{{labels},le=\"{le}\"}} {n}"))
+                .collect();
+            lines.push(format!("{name}_bucket{{{labels},le=\"+Inf\"}} {count}"));
+            lines.push(format!("{name}_sum{{{labels}}} {sum}"));
+            lines.push(format!("{name}_count{{{labels}}} {count}"));
+            lines
+        })
+        .collect();
+    family(
         "upstreams_upstream_connect_seconds",
         "histogram",
         "Connect latency.",
+        &mut histogram.into_iter(),
     );
-    for l in &listeners {
-        for up in l.list.upstreams() {
-            let s = l.stats.upstream(up.name());
-            let labels = format!(
-                "listener=\"{}\",upstream=\"{}\"",
-                l.listen,
-                up.name().replace('"', "'")
-            );
-            let state = state_name(up.state());
-            let _ = writeln!(
-                out,
-                "upstreams_upstream_up{{{labels}}} {}",
-                u8::from(up.is_alive())
-            );
-            for st in ["alive", "offline", "probing", "pending", "draining"] {
-                let _ = writeln!(
-                    out,
-                    "upstreams_upstream_state{{{labels},state=\"{st}\"}} {}",
-                    u8::from(st == state)
-                );
-            }
-            let _ = writeln!(out, "upstreams_upstream_errors{{{labels}}} {}", up.errors());
-            let _ = writeln!(
-                out,
-                "upstreams_upstream_picks_total{{{labels}}} {}",
-                s.picks.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "upstreams_upstream_active_connections{{{labels}}} {}",
-                s.active.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "upstreams_upstream_bytes_in_total{{{labels}}} {}",
-                s.bytes_in.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "upstreams_upstream_bytes_out_total{{{labels}}} {}",
-                s.bytes_out.load(Ordering::Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "upstreams_upstream_connect_failures_total{{{labels}}} {}",
-                s.connect_failures.load(Ordering::Relaxed)
-            );
-            let (buckets, count, sum) = s.histogram();
-            for (le, n) in BUCKETS.iter().zip(buckets) {
-                let _ = writeln!(
-                    out,
-                    "upstreams_upstream_connect_seconds_bucket{{{labels},le=\"{le}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "upstreams_upstream_connect_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(
-                out,
-                "upstreams_upstream_connect_seconds_sum{{{labels}}} {sum}"
-            );
-            let _ = writeln!(
-                out,
-                "upstreams_upstream_connect_seconds_count{{{labels}}} {count}"
-            );
-        }
-    }
-    help(
-        &mut out,
+    let per_listener = |name: &str, f: &dyn Fn(&super::stats::Stats) -> u64| {
+        listeners
+            .iter()
+            .map(|l| format!("{name}{{listener=\"{}\"}} {}", l.bound, f(&l.stats)))
+            .collect::<Vec<_>>()
+    };
+    family(
         "upstreams_listener_refused_total",
         "counter",
         "Clients closed: no upstream could take them.",
+        &mut per_listener("upstreams_listener_refused_total", &|s| {
+            s.refused.load(Ordering::Relaxed)
+        })
+        .into_iter(),
     );
-    for l in &listeners {
-        let _ = writeln!(
-            out,
-            "upstreams_listener_refused_total{{listener=\"{}\"}} {}",
-            l.listen,
-            l.stats.refused.load(Ordering::Relaxed)
-        );
-    }
-    help(
-        &mut out,
+    family(
         "upstreams_listener_accepted_total",
         "counter",
         "Clients accepted.",
+        &mut per_listener("upstreams_listener_accepted_total", &|s| {
+            s.accepted.load(Ordering::Relaxed)
+        })
+        .into_iter(),
     );
-    for l in &listeners {
-        let _ = writeln!(
-            out,
-            "upstreams_listener_accepted_total{{listener=\"{}\"}} {}",
-            l.listen,
-            l.stats.accepted.load(Ordering::Relaxed)
-        );
-    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -209,7 +209,7 @@ async fn start_listener(proxy: &Arc<Proxy>, settings: config::Settings) -> Resul
         .await
         .with_context(|| format!("listener {listen}"))?;
     let bound = tcp.local_addr()?;
-    let listener = Listener::new(settings)?;
+    let listener = Listener::new(settings, bound)?;
     println!("listening {bound} -> {}", listener.list);
     tokio::spawn(Arc::clone(&listener).accept_loop(tcp, Arc::clone(&proxy.sessions)));
     proxy

@@ -1,0 +1,315 @@
+//! `upstreams proxy` with real TCP backends on loopback (separate processes, so they can be
+//! stopped and SIGKILLed), real clients, and the admin endpoints. Bounded in count and time.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A child process killed when dropped.
+struct Proc {
+    child: Child,
+    /// Addresses printed on stdout at start ("listening ADDR", "admin: http://ADDR/…").
+    addrs: Vec<SocketAddr>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+fn spawn(args: &[&str], lines: usize) -> Proc {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_upstreams"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut addrs = Vec::new();
+    while addrs.len() < lines {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "process exited early"
+        );
+        let word = line.split_whitespace().find_map(|w| {
+            w.trim_start_matches("http://")
+                .split('/')
+                .next()?
+                .parse::<SocketAddr>()
+                .ok()
+        });
+        if let Some(addr) = word {
+            addrs.push(addr);
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    Proc { child, addrs }
+}
+
+fn backend(name: &str, listen: &str) -> Proc {
+    spawn(&["backend", "--listen", listen, "--name", name], 1)
+}
+
+fn proxy(definition: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "proxy",
+        definition,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args, 2)
+}
+
+/// One HTTP request through `addr` with `Connection: close`; the body on success.
+async fn request(addr: SocketAddr) -> Result<String, String> {
+    let work = async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if !text.starts_with("HTTP/1.1 200") {
+            return Err(format!("bad response {text:?}"));
+        }
+        Ok(text
+            .rsplit("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .unwrap_or_else(|_| Err("timeout".into()))
+}
+
+#[derive(Default)]
+struct Load {
+    done: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+/// `total` requests, `concurrency` at a time.
+async fn load(addr: SocketAddr, total: usize, concurrency: usize, figures: Arc<Load>) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (next, figures) = (next.clone(), figures.clone());
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::SeqCst) < total {
+                if request(addr).await.is_err() {
+                    figures.failed.fetch_add(1, Ordering::SeqCst);
+                }
+                figures.done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn admin_get(admin: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+async fn state_of(admin: SocketAddr, upstream: &str) -> String {
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(admin, "/status.json").await).unwrap();
+    status["listeners"][0]["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == upstream)
+        .map(|u| u["state"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| "absent".to_owned())
+}
+
+async fn wait_until(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_stopping_and_dying_under_load() {
+    let a = backend("a", "127.0.0.1:0");
+    let b = backend("b", "127.0.0.1:0");
+    let c = backend("c", "127.0.0.1:0");
+    let (a_addr, b_addr) = (a.addrs[0], b.addrs[0]);
+    let def = format!("{},{},{}", a.addrs[0], b.addrs[0], c.addrs[0]);
+    let p = proxy(&def, &["--revive-time", "3", "--revive-jitter", "0"]);
+    let (listen, admin) = (p.addrs[0], p.addrs[1]);
+
+    let figures = Arc::new(Load::default());
+    let run = tokio::spawn(load(listen, 20_000, 50, figures.clone()));
+    wait_until("5000 requests", Duration::from_secs(60), async || {
+        figures.done.load(Ordering::SeqCst) >= 5_000
+    })
+    .await;
+    // a stops listening; its open sessions complete: nothing may fail.
+    a.signal("-TERM");
+    wait_until("10000 requests", Duration::from_secs(60), async || {
+        figures.done.load(Ordering::SeqCst) >= 10_000
+    })
+    .await;
+    let failed_before_kill = figures.failed.load(Ordering::SeqCst);
+    // b dies at once: only sessions in flight on it may fail.
+    b.signal("-KILL");
+    run.await.unwrap();
+    let failed = figures.failed.load(Ordering::SeqCst);
+    assert_eq!(failed_before_kill, 0, "a graceful stop lost requests");
+    assert!(
+        failed <= 50,
+        "{failed} failed: more than the sessions in flight on the dead backend"
+    );
+
+    assert_eq!(state_of(admin, &a_addr.to_string()).await, "offline");
+    assert_eq!(state_of(admin, &b_addr.to_string()).await, "offline");
+    let metrics = admin_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "upstreams_upstream_up{{listener=\"{listen}\",upstream=\"{b_addr}\"}} 0"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("upstreams_upstream_connect_seconds_bucket"));
+
+    // b comes back on its port and rejoins after revive_time (3 s).
+    let b2 = backend("b", &b_addr.to_string());
+    let back = Instant::now();
+    let mut served_by_b = false;
+    wait_until("b back", Duration::from_secs(15), async || {
+        served_by_b |= request(listen).await.as_deref() == Ok("b");
+        served_by_b
+    })
+    .await;
+    assert!(back.elapsed() < Duration::from_secs(10));
+    assert_eq!(state_of(admin, &b_addr.to_string()).await, "alive");
+    drop(b2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_backends_down_clients_closed_promptly_then_recovery() {
+    let a = backend("a", "127.0.0.1:0");
+    let a_addr = a.addrs[0];
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead); // nothing listens there
+    let def = format!("{a_addr},{dead_addr}");
+    let p = proxy(&def, &["--revive-time", "1", "--revive-jitter", "0"]);
+    let listen = p.addrs[0];
+    assert_eq!(request(listen).await.as_deref(), Ok("a"));
+    drop(a);
+    for _ in 0..20 {
+        let started = Instant::now();
+        assert!(request(listen).await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a client waited {:?}",
+            started.elapsed()
+        );
+    }
+    // The proxy is still up; a backend returns and the pool recovers through a probe.
+    let _a2 = backend("a", &a_addr.to_string());
+    wait_until("recovery", Duration::from_secs(15), async || {
+        request(listen).await.is_ok()
+    })
+    .await;
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_adds_and_removes_backends_under_load() {
+    let a = backend("a", "127.0.0.1:0");
+    let b = backend("b", "127.0.0.1:0");
+    let c = backend("c", "127.0.0.1:0");
+    let dir = std::env::temp_dir().join(format!("upstreams-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("proxy.toml");
+    let (listen, admin) = (free_port(), free_port());
+    let write = |list: String| {
+        let text = format!(
+            "admin = \"{admin}\"\n[[listener]]\nlisten = \"{listen}\"\nupstreams = \"{list}\"\n"
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write(format!("{},{}", a.addrs[0], b.addrs[0]));
+    let p = spawn(&["proxy", "--config", config.to_str().unwrap()], 2);
+    assert_eq!(p.addrs, [listen, admin]);
+
+    let figures = Arc::new(Load::default());
+    let run = tokio::spawn(load(listen, 6_000, 50, figures.clone()));
+    wait_until("2000 requests", Duration::from_secs(60), async || {
+        figures.done.load(Ordering::SeqCst) >= 2_000
+    })
+    .await;
+    write(format!("{},{}", b.addrs[0], c.addrs[0]));
+    p.signal("-HUP");
+    run.await.unwrap();
+    assert_eq!(
+        figures.failed.load(Ordering::SeqCst),
+        0,
+        "a reload lost requests"
+    );
+    assert_eq!(state_of(admin, &a.addrs[0].to_string()).await, "absent");
+    assert_eq!(state_of(admin, &c.addrs[0].to_string()).await, "alive");
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(admin, "/status.json").await).unwrap();
+    let c_picks = status["listeners"][0]["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == c.addrs[0].to_string())
+        .unwrap()["picks"]
+        .as_u64()
+        .unwrap();
+    assert!(c_picks > 100, "the added backend took traffic: {c_picks}");
+    // A broken file is refused; the running configuration stays.
+    std::fs::write(&config, "[[listener]]\nlisten = 5\n").unwrap();
+    p.signal("-HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(request(listen).await.is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
