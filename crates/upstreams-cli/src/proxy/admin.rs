@@ -52,6 +52,7 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
                         json!({
                             "event": what,
                             "unix": at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                            "seconds_ago": at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
                         })
                     });
                     json!({
@@ -129,9 +130,9 @@ async fn status_html(State(proxy): State<Arc<Proxy>>) -> Html<String> {
             let state = u["state"].as_str().unwrap_or("");
             let change = match &u["last_change"] {
                 Value::Object(c) => format!(
-                    "{} at {:.0}",
+                    "{} {:.0} s ago",
                     c.get("event").and_then(Value::as_str).unwrap_or(""),
-                    c.get("unix").and_then(Value::as_f64).unwrap_or(0.0)
+                    c.get("seconds_ago").and_then(Value::as_f64).unwrap_or(0.0)
                 ),
                 _ => "-".to_owned(),
             };

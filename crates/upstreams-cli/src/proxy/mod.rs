@@ -62,6 +62,9 @@ pub(crate) struct Args {
     /// Seconds to let open sessions finish on SIGTERM/SIGINT.
     #[arg(long, default_value_t = 10.0)]
     drain_timeout: f64,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 /// The running proxy, shared with the admin pages.
@@ -111,9 +114,11 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.threads {
+        runtime.worker_threads(n.max(1));
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(serve(args))
 }
 
