@@ -248,6 +248,8 @@ async fn first_answer(
         }
         tokio::select! {
             read = backend.read(&mut from_backend) => match read {
+                // A client that already left and a backend that then hangs up: nothing failed.
+                Ok(0) | Err(_) if *client_done => return First::ClientGone,
                 Ok(0) | Err(_) => return First::BackendClosed,
                 Ok(n) => {
                     return match client.write_all(&from_backend[..n]).await {
