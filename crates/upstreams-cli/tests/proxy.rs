@@ -313,3 +313,42 @@ async fn sighup_reload_adds_and_removes_backends_under_load() {
     assert!(request(listen).await.is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_accepting_and_drains_open_sessions() {
+    let a = backend("a", "127.0.0.1:0");
+    let mut p = proxy(&a.addrs[0].to_string(), &["--drain-timeout", "10"]);
+    let listen = p.addrs[0];
+    // An open session: the request is sent only after the proxy was told to stop.
+    let mut open = TcpStream::connect(listen).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        TcpStream::connect(listen).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    open.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    open.read_to_end(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"),
+        "the open session completed"
+    );
+    drop(open);
+    // Then, with no session left, the proxy exits by itself.
+    let started = Instant::now();
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "proxy did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
