@@ -1,0 +1,353 @@
+//! Hash-quality report: over the same 1 000 000 keys, for each consistent-hashing scheme —
+//! load spread against the statistical floor, keys moved when the middle upstream fails (and
+//! how many were not on it), keys misplaced after "fail A, fail B, revive A", membership churn,
+//! weighted share error, and build memory. Prints Markdown; writes `quality.svg`.
+//!
+//! `cargo run --release --manifest-path bench-peers/Cargo.toml --bin quality [keys]`
+
+use std::alloc::System;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bench_peers::{addrs, definition, keys};
+use maglev::ConsistentHasher;
+use pingora_load_balancing::selection::Consistent;
+use pingora_load_balancing::LoadBalancer;
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use upstreams::{Definition, HashMode, Limits, ManualClock, Rotation, UpstreamList};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// A consistent-hash scheme over members `0..n` with a set of members down.
+trait Scheme {
+    fn pick(&self, key: &[u8; 32]) -> usize;
+    /// Takes member `i` out (how the scheme does it: a health flag, or removal).
+    fn down(&mut self, i: usize);
+    fn up(&mut self, i: usize);
+}
+
+struct Ours {
+    list: UpstreamList,
+    clock: Arc<ManualClock>,
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl Ours {
+    fn new(n: usize, mode: HashMode, weights: Option<&dyn Fn(usize) -> u16>) -> Self {
+        let clock = Arc::new(ManualClock::new(Duration::from_secs(1)));
+        let def = Definition::parse(&definition(n, weights), 11333).unwrap();
+        let limits = Limits::default().with_hash_mode(mode).with_revive_jitter(0.0);
+        let list = UpstreamList::with_clock(&def, limits, clock.clone()).unwrap();
+        let index = list.upstreams().iter().enumerate().map(|(i, u)| (u.name().to_owned(), i)).collect();
+        Self { list, clock, index }
+    }
+}
+
+impl Scheme for Ours {
+    fn pick(&self, key: &[u8; 32]) -> usize {
+        let p = self.list.get(Rotation::Hashed, key).unwrap();
+        self.index[p.name()]
+    }
+    fn down(&mut self, i: usize) {
+        // Long enough that nothing revives unless asked; one second apart, so every
+        // upstream's deadline is distinct and `up` can revive exactly one.
+        self.clock.advance(Duration::from_secs(1));
+        self.list.upstreams()[i].mark_offline(Duration::from_secs(1_000_000));
+    }
+    fn up(&mut self, i: usize) {
+        let target = self.list.upstreams()[i].clone();
+        let upstreams::State::Offline { until } = target.state() else { return };
+        let others_min = self
+            .list
+            .upstreams()
+            .iter()
+            .enumerate()
+            .filter(|(j, u)| *j != i && !u.is_alive())
+            .filter_map(|(_, u)| match u.state() {
+                upstreams::State::Offline { until } => Some(until),
+                _ => None,
+            })
+            .min();
+        assert!(others_min.is_none_or(|m| m > until), "revive order needs distinct deadlines");
+        self.clock.set(until);
+        let _ = self.list.get(Rotation::Random, b"");
+    }
+}
+
+/// pingora's `LoadBalancer<Consistent>` (ketama, 160 points per backend); down members are
+/// walked past with `select_with`, as its health checks do.
+struct Pingora {
+    lb: LoadBalancer<Consistent>,
+    names: Vec<String>,
+    down: HashSet<usize>,
+}
+
+impl Scheme for Pingora {
+    fn pick(&self, key: &[u8; 32]) -> usize {
+        let down: HashSet<String> = self.down.iter().map(|&i| self.names[i].clone()).collect();
+        let b = self
+            .lb
+            .select_with(key, 256, |b, _| !down.contains(&b.addr.to_string()))
+            .unwrap();
+        self.names.iter().position(|n| *n == b.addr.to_string()).unwrap()
+    }
+    fn down(&mut self, i: usize) {
+        self.down.insert(i);
+    }
+    fn up(&mut self, i: usize) {
+        self.down.remove(&i);
+    }
+}
+
+/// Schemes rebuilt over the members that are up (how they handle a failure).
+struct Rebuilt {
+    kind: &'static str,
+    n: usize,
+    alive: Vec<usize>,
+    anchor: Option<anchorhash::AnchorHash<[u8; 32], usize, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>>,
+    maglev: Option<maglev::Maglev<usize>>,
+    ring: Option<hashring::HashRing<usize>>,
+}
+
+impl Rebuilt {
+    fn new(kind: &'static str, n: usize) -> Self {
+        let mut s = Self { kind, n, alive: (0..n).collect(), anchor: None, maglev: None, ring: None };
+        s.rebuild(true);
+        s
+    }
+    fn rebuild(&mut self, first: bool) {
+        match self.kind {
+            "anchorhash" if first => {
+                self.anchor = Some(
+                    anchorhash::Builder::with_hasher(Default::default())
+                        .with_resources(0..self.n)
+                        .build(self.n as u16 * 2),
+                )
+            }
+            // A fixed table size (a prime), so a removal does not resize it.
+            "maglev" => self.maglev = Some(maglev::Maglev::with_capacity(self.alive.clone(), 65_537)),
+            "hashring" if first => {
+                let mut r = hashring::HashRing::new();
+                for i in 0..self.n {
+                    r.add(i);
+                }
+                self.ring = Some(r);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn xxh(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+impl Scheme for Rebuilt {
+    fn pick(&self, key: &[u8; 32]) -> usize {
+        match self.kind {
+            "anchorhash" => *self.anchor.as_ref().unwrap().get_resource(*key).unwrap(),
+            "maglev" => *self.maglev.as_ref().unwrap().get(key).unwrap(),
+            "hashring" => *self.ring.as_ref().unwrap().get(key).unwrap(),
+            "jumphash" => {
+                let slot = jumphash::JumpHasher::new_with_keys(1, 2).slot(key, self.alive.len() as u32);
+                self.alive[slot as usize]
+            }
+            _ => self.alive[(xxh(key) % self.alive.len() as u64) as usize], // hash mod N
+        }
+    }
+    fn down(&mut self, i: usize) {
+        self.alive.retain(|&j| j != i);
+        match self.kind {
+            "anchorhash" => self.anchor.as_mut().unwrap().remove_resource(&i).unwrap(),
+            "hashring" => {
+                self.ring.as_mut().unwrap().remove(&i);
+            }
+            _ => self.rebuild(false),
+        }
+    }
+    fn up(&mut self, i: usize) {
+        self.alive.push(i);
+        self.alive.sort_unstable();
+        match self.kind {
+            "anchorhash" => self.anchor.as_mut().unwrap().add_resource(i).unwrap(),
+            "hashring" => self.ring.as_mut().unwrap().add(i),
+            _ => self.rebuild(false),
+        }
+    }
+}
+
+const SCHEMES: [&str; 8] = [
+    "upstreams balanced",
+    "upstreams rspamd-ring",
+    "pingora consistent (ketama)",
+    "anchorhash 0.2",
+    "maglev 0.2",
+    "jumphash 0.1",
+    "hashring 0.3",
+    "hash mod N (floor)",
+];
+
+fn make(kind: &str, n: usize) -> Box<dyn Scheme> {
+    match kind {
+        "upstreams balanced" => Box::new(Ours::new(n, HashMode::Balanced, None)),
+        "upstreams rspamd-ring" => Box::new(Ours::new(n, HashMode::RspamdRing, None)),
+        "pingora consistent (ketama)" => Box::new(Pingora {
+            lb: LoadBalancer::try_from_iter(addrs(n)).unwrap(),
+            names: addrs(n),
+            down: HashSet::new(),
+        }),
+        "anchorhash 0.2" => Box::new(Rebuilt::new("anchorhash", n)),
+        "maglev 0.2" => Box::new(Rebuilt::new("maglev", n)),
+        "jumphash 0.1" => Box::new(Rebuilt::new("jumphash", n)),
+        "hashring 0.3" => Box::new(Rebuilt::new("hashring", n)),
+        _ => Box::new(Rebuilt::new("mod", n)),
+    }
+}
+
+fn map(s: &dyn Scheme, keys: &[[u8; 32]]) -> Vec<u32> {
+    keys.iter().map(|k| s.pick(k) as u32).collect()
+}
+
+struct Row {
+    scheme: &'static str,
+    n: usize,
+    peak: f64,
+    moved: usize,
+    moved_healthy: usize,
+    misplaced: usize,
+    bytes: usize,
+}
+
+fn measure(kind: &'static str, n: usize, keys: &[[u8; 32]]) -> Row {
+    let region = Region::new(GLOBAL);
+    let mut s = make(kind, n);
+    let bytes = region.change().bytes_allocated.saturating_sub(region.change().bytes_deallocated);
+    let before = map(s.as_ref(), keys);
+    let mut counts = vec![0usize; n];
+    for &o in &before {
+        counts[o as usize] += 1;
+    }
+    let peak = *counts.iter().max().unwrap() as f64 / (keys.len() as f64 / n as f64);
+    let (a, b) = (n / 2, n / 4);
+    s.down(a);
+    let during = map(s.as_ref(), keys);
+    let moved = before.iter().zip(&during).filter(|(x, y)| x != y).count();
+    let moved_healthy = before.iter().zip(&during).filter(|(x, y)| x != y && **x as usize != a).count();
+    s.down(b);
+    s.up(a);
+    let after = map(s.as_ref(), keys);
+    let mut fresh = make(kind, n);
+    fresh.down(b);
+    let expected = map(fresh.as_ref(), keys);
+    let misplaced = after.iter().zip(&expected).filter(|(x, y)| x != y).count();
+    Row { scheme: kind, n, peak, moved, moved_healthy, misplaced, bytes }
+}
+
+fn main() {
+    let count: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let keys = keys(1_000_000_000, count);
+    let mut rows = Vec::new();
+    for n in [10, 100] {
+        for kind in SCHEMES {
+            rows.push(measure(kind, n, &keys));
+        }
+    }
+    println!("{count} keys; middle upstream (N/2) fails, then N/4 fails, then N/2 revives.\n");
+    println!("| scheme | N | peak/avg | − floor | keys moved on 1 down | of them not on it | misplaced after A↓ B↓ A↑ | build memory |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let floor = rows.iter().find(|x| x.n == r.n && x.scheme.starts_with("hash mod")).unwrap().peak;
+        println!(
+            "| {} | {} | {:.3} | {:+.3} | {} ({:.2} %) | {} | {} | {} KiB |",
+            r.scheme, r.n, r.peak, r.peak - floor, r.moved, 100.0 * r.moved as f64 / count as f64,
+            r.moved_healthy, r.misplaced, r.bytes / 1024
+        );
+    }
+    weighted(count);
+    churn(&keys);
+    plot(&rows);
+}
+
+/// Weighted shares (weights 1..10 over 10 upstreams): the largest relative share error.
+fn weighted(count: usize) {
+    let keys = keys(7_000_000_000, count * 4);
+    println!("\nWeights 1..10 over 10 upstreams, {} keys: largest |share − weight/total| (percentage points)\n", keys.len());
+    println!("| scheme | max share error |");
+    println!("|---|---|");
+    let w = |i: usize| 1 + i as u16;
+    for (name, mode) in [("upstreams balanced", HashMode::Balanced), ("upstreams rspamd-ring", HashMode::RspamdRing)] {
+        let s = Ours::new(10, mode, Some(&w));
+        let mut counts = [0usize; 10];
+        for k in &keys {
+            counts[s.pick(k)] += 1;
+        }
+        let err = (0..10)
+            .map(|i| (counts[i] as f64 / keys.len() as f64 - (i + 1) as f64 / 55.0).abs() * 100.0)
+            .fold(0.0, f64::max);
+        println!("| {name} | {err:.3} |");
+    }
+}
+
+/// Membership change: the middle upstream removed from the configuration.
+fn churn(keys: &[[u8; 32]]) {
+    println!("\nMembership change (one of N removed from the configuration, as an SRV target disappearing):\n");
+    println!("| scheme | N | keys moved | ideal (its share) | ratio |");
+    println!("|---|---|---|---|---|");
+    for n in [10, 100, 1000] {
+        let list = UpstreamList::parse(&definition(n, None), 11333, Limits::default()).unwrap();
+        let names: Vec<String> = addrs(n);
+        let before: Vec<String> = keys.iter().map(|k| list.get(Rotation::Hashed, k).unwrap().name().to_owned()).collect();
+        let removed = &names[n / 2];
+        let kept: Vec<String> = names.iter().filter(|a| *a != removed).cloned().collect();
+        list.reconfigure(&Definition::parse(&kept.join(","), 11333).unwrap());
+        let after: Vec<String> = keys.iter().map(|k| list.get(Rotation::Hashed, k).unwrap().name().to_owned()).collect();
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        let ideal = before.iter().filter(|a| *a == removed).count();
+        println!("| upstreams balanced | {n} | {moved} | {ideal} | {:.2} |", moved as f64 / ideal.max(1) as f64);
+    }
+}
+
+fn plot(rows: &[Row]) {
+    use plotters::prelude::*;
+    let root = SVGBackend::new("quality.svg", (900, 420)).into_drawing_area();
+    let _ = root.fill(&WHITE);
+    // hashring (one point per node, peak ≈ 6) would flatten the others: it is in the table.
+    let shown: Vec<&str> = SCHEMES.iter().copied().filter(|s| !s.starts_with("hashring")).collect();
+    let rows: Vec<&Row> = rows.iter().filter(|r| shown.contains(&r.scheme)).collect();
+    let max = rows.iter().map(|r| r.peak).fold(1.0, f64::max) + 0.02;
+    let Ok(mut chart) = ChartBuilder::on(&root)
+        .caption("peak/avg load over 1M keys (lower is better; hash mod N is the floor; hashring ≈ 6, off the chart)", ("sans-serif", 16))
+        .margin(20)
+        .x_label_area_size(120)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-1..shown.len() as i32, 0.99..max)
+    else {
+        return;
+    };
+    let _ = chart
+        .configure_mesh()
+        .x_labels(shown.len() + 2)
+        .x_label_formatter(&|i| {
+            usize::try_from(*i)
+                .ok()
+                .and_then(|i| shown.get(i))
+                .map(|s| s.replace(" (floor)", "").replace(" (ketama)", ""))
+                .unwrap_or_default()
+        })
+        .draw();
+    for (n, color) in [(10, BLUE), (100, RED)] {
+        let points: Vec<(i32, f64)> = rows
+            .iter()
+            .filter(|r| r.n == n)
+            .enumerate()
+            .map(|(i, r)| (i as i32, r.peak))
+            .collect();
+        let _ = chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled())))
+            .map(|s| s.label(format!("N = {n}")).legend(move |(x, y)| Circle::new((x, y), 5, color.filled())));
+    }
+    let _ = chart.configure_series_labels().border_style(BLACK).draw();
+    let _ = root.present();
+}
