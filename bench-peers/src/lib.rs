@@ -4,7 +4,14 @@
 /// `n` backend addresses `10.a.b.c:11333`, the same for every scheme.
 pub fn addrs(n: usize) -> Vec<String> {
     (0..n)
-        .map(|i| format!("10.{}.{}.{}:11333", i / 62_500, (i / 250) % 250, i % 250 + 1))
+        .map(|i| {
+            format!(
+                "10.{}.{}.{}:11333",
+                i / 62_500,
+                (i / 250) % 250,
+                i % 250 + 1
+            )
+        })
         .collect()
 }
 

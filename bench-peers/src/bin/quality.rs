@@ -38,9 +38,16 @@ impl Ours {
     fn new(n: usize, mode: HashMode, weights: Option<&dyn Fn(usize) -> u16>) -> Self {
         let clock = Arc::new(ManualClock::new(Duration::from_secs(1)));
         let def = Definition::parse(&definition(n, weights), 11333).unwrap();
-        let limits = Limits::default().with_hash_mode(mode).with_revive_jitter(0.0);
+        let limits = Limits::default()
+            .with_hash_mode(mode)
+            .with_revive_jitter(0.0);
         let list = UpstreamList::with_clock(&def, limits, clock.clone()).unwrap();
-        let index = list.upstreams().iter().enumerate().map(|(i, u)| (u.name().to_owned(), i)).collect();
+        let index = list
+            .upstreams()
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name().to_owned(), i))
+            .collect();
         Self { list, clock, index }
     }
 }
@@ -58,7 +65,9 @@ impl Scheme for Ours {
     }
     fn up(&mut self, i: usize) {
         let target = self.list.upstreams()[i].clone();
-        let upstreams::State::Offline { until } = target.state() else { return };
+        let upstreams::State::Offline { until } = target.state() else {
+            return;
+        };
         let others_min = self
             .list
             .upstreams()
@@ -70,7 +79,10 @@ impl Scheme for Ours {
                 _ => None,
             })
             .min();
-        assert!(others_min.is_none_or(|m| m > until), "revive order needs distinct deadlines");
+        assert!(
+            others_min.is_none_or(|m| m > until),
+            "revive order needs distinct deadlines"
+        );
         self.clock.set(until);
         let _ = self.list.get(Rotation::Random, b"");
     }
@@ -91,7 +103,10 @@ impl Scheme for Pingora {
             .lb
             .select_with(key, 256, |b, _| !down.contains(&b.addr.to_string()))
             .unwrap();
-        self.names.iter().position(|n| *n == b.addr.to_string()).unwrap()
+        self.names
+            .iter()
+            .position(|n| *n == b.addr.to_string())
+            .unwrap()
     }
     fn down(&mut self, i: usize) {
         self.down.insert(i);
@@ -106,14 +121,27 @@ struct Rebuilt {
     kind: &'static str,
     n: usize,
     alive: Vec<usize>,
-    anchor: Option<anchorhash::AnchorHash<[u8; 32], usize, std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>>>,
+    anchor: Option<
+        anchorhash::AnchorHash<
+            [u8; 32],
+            usize,
+            std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
+        >,
+    >,
     maglev: Option<maglev::Maglev<usize>>,
     ring: Option<hashring::HashRing<usize>>,
 }
 
 impl Rebuilt {
     fn new(kind: &'static str, n: usize) -> Self {
-        let mut s = Self { kind, n, alive: (0..n).collect(), anchor: None, maglev: None, ring: None };
+        let mut s = Self {
+            kind,
+            n,
+            alive: (0..n).collect(),
+            anchor: None,
+            maglev: None,
+            ring: None,
+        };
         s.rebuild(true);
         s
     }
@@ -127,7 +155,9 @@ impl Rebuilt {
                 )
             }
             // A fixed table size (a prime), so a removal does not resize it.
-            "maglev" => self.maglev = Some(maglev::Maglev::with_capacity(self.alive.clone(), 65_537)),
+            "maglev" => {
+                self.maglev = Some(maglev::Maglev::with_capacity(self.alive.clone(), 65_537))
+            }
             "hashring" if first => {
                 let mut r = hashring::HashRing::new();
                 for i in 0..self.n {
@@ -151,7 +181,8 @@ impl Scheme for Rebuilt {
             "maglev" => *self.maglev.as_ref().unwrap().get(key).unwrap(),
             "hashring" => *self.ring.as_ref().unwrap().get(key).unwrap(),
             "jumphash" => {
-                let slot = jumphash::JumpHasher::new_with_keys(1, 2).slot(key, self.alive.len() as u32);
+                let slot =
+                    jumphash::JumpHasher::new_with_keys(1, 2).slot(key, self.alive.len() as u32);
                 self.alive[slot as usize]
             }
             _ => self.alive[(xxh(key) % self.alive.len() as u64) as usize], // hash mod N
@@ -223,7 +254,10 @@ struct Row {
 fn measure(kind: &'static str, n: usize, keys: &[[u8; 32]]) -> Row {
     let region = Region::new(GLOBAL);
     let mut s = make(kind, n);
-    let bytes = region.change().bytes_allocated.saturating_sub(region.change().bytes_deallocated);
+    let bytes = region
+        .change()
+        .bytes_allocated
+        .saturating_sub(region.change().bytes_deallocated);
     let before = map(s.as_ref(), keys);
     let mut counts = vec![0usize; n];
     for &o in &before {
@@ -234,7 +268,11 @@ fn measure(kind: &'static str, n: usize, keys: &[[u8; 32]]) -> Row {
     s.down(a);
     let during = map(s.as_ref(), keys);
     let moved = before.iter().zip(&during).filter(|(x, y)| x != y).count();
-    let moved_healthy = before.iter().zip(&during).filter(|(x, y)| x != y && **x as usize != a).count();
+    let moved_healthy = before
+        .iter()
+        .zip(&during)
+        .filter(|(x, y)| x != y && **x as usize != a)
+        .count();
     s.down(b);
     s.up(a);
     let after = map(s.as_ref(), keys);
@@ -242,11 +280,22 @@ fn measure(kind: &'static str, n: usize, keys: &[[u8; 32]]) -> Row {
     fresh.down(b);
     let expected = map(fresh.as_ref(), keys);
     let misplaced = after.iter().zip(&expected).filter(|(x, y)| x != y).count();
-    Row { scheme: kind, n, peak, moved, moved_healthy, misplaced, bytes }
+    Row {
+        scheme: kind,
+        n,
+        peak,
+        moved,
+        moved_healthy,
+        misplaced,
+        bytes,
+    }
 }
 
 fn main() {
-    let count: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let count: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let keys = keys(1_000_000_000, count);
     let mut rows = Vec::new();
     for n in [10, 100] {
@@ -258,11 +307,22 @@ fn main() {
     println!("| scheme | N | peak/avg | − floor | keys moved on 1 down | of them not on it | misplaced after A↓ B↓ A↑ | build memory |");
     println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
-        let floor = rows.iter().find(|x| x.n == r.n && x.scheme.starts_with("hash mod")).unwrap().peak;
+        let floor = rows
+            .iter()
+            .find(|x| x.n == r.n && x.scheme.starts_with("hash mod"))
+            .unwrap()
+            .peak;
         println!(
             "| {} | {} | {:.3} | {:+.3} | {} ({:.2} %) | {} | {} | {} KiB |",
-            r.scheme, r.n, r.peak, r.peak - floor, r.moved, 100.0 * r.moved as f64 / count as f64,
-            r.moved_healthy, r.misplaced, r.bytes / 1024
+            r.scheme,
+            r.n,
+            r.peak,
+            r.peak - floor,
+            r.moved,
+            100.0 * r.moved as f64 / count as f64,
+            r.moved_healthy,
+            r.misplaced,
+            r.bytes / 1024
         );
     }
     weighted(count);
@@ -277,7 +337,10 @@ fn weighted(count: usize) {
     println!("| scheme | max share error |");
     println!("|---|---|");
     let w = |i: usize| 1 + i as u16;
-    for (name, mode) in [("upstreams balanced", HashMode::Balanced), ("upstreams rspamd-ring", HashMode::RspamdRing)] {
+    for (name, mode) in [
+        ("upstreams balanced", HashMode::Balanced),
+        ("upstreams rspamd-ring", HashMode::RspamdRing),
+    ] {
         let s = Ours::new(10, mode, Some(&w));
         let mut counts = [0usize; 10];
         for k in &keys {
@@ -298,14 +361,23 @@ fn churn(keys: &[[u8; 32]]) {
     for n in [10, 100, 1000] {
         let list = UpstreamList::parse(&definition(n, None), 11333, Limits::default()).unwrap();
         let names: Vec<String> = addrs(n);
-        let before: Vec<String> = keys.iter().map(|k| list.get(Rotation::Hashed, k).unwrap().name().to_owned()).collect();
+        let before: Vec<String> = keys
+            .iter()
+            .map(|k| list.get(Rotation::Hashed, k).unwrap().name().to_owned())
+            .collect();
         let removed = &names[n / 2];
         let kept: Vec<String> = names.iter().filter(|a| *a != removed).cloned().collect();
         list.reconfigure(&Definition::parse(&kept.join(","), 11333).unwrap());
-        let after: Vec<String> = keys.iter().map(|k| list.get(Rotation::Hashed, k).unwrap().name().to_owned()).collect();
+        let after: Vec<String> = keys
+            .iter()
+            .map(|k| list.get(Rotation::Hashed, k).unwrap().name().to_owned())
+            .collect();
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         let ideal = before.iter().filter(|a| *a == removed).count();
-        println!("| upstreams balanced | {n} | {moved} | {ideal} | {:.2} |", moved as f64 / ideal.max(1) as f64);
+        println!(
+            "| upstreams balanced | {n} | {moved} | {ideal} | {:.2} |",
+            moved as f64 / ideal.max(1) as f64
+        );
     }
 }
 
@@ -314,7 +386,11 @@ fn plot(rows: &[Row]) {
     let root = SVGBackend::new("quality.svg", (900, 420)).into_drawing_area();
     let _ = root.fill(&WHITE);
     // hashring (one point per node, peak ≈ 6) would flatten the others: it is in the table.
-    let shown: Vec<&str> = SCHEMES.iter().copied().filter(|s| !s.starts_with("hashring")).collect();
+    let shown: Vec<&str> = SCHEMES
+        .iter()
+        .copied()
+        .filter(|s| !s.starts_with("hashring"))
+        .collect();
     let rows: Vec<&Row> = rows.iter().filter(|r| shown.contains(&r.scheme)).collect();
     let max = rows.iter().map(|r| r.peak).fold(1.0, f64::max) + 0.02;
     let Ok(mut chart) = ChartBuilder::on(&root)
@@ -346,7 +422,10 @@ fn plot(rows: &[Row]) {
             .collect();
         let _ = chart
             .draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled())))
-            .map(|s| s.label(format!("N = {n}")).legend(move |(x, y)| Circle::new((x, y), 5, color.filled())));
+            .map(|s| {
+                s.label(format!("N = {n}"))
+                    .legend(move |(x, y)| Circle::new((x, y), 5, color.filled()))
+            });
     }
     let _ = chart.configure_series_labels().border_style(BLACK).draw();
     let _ = root.present();
