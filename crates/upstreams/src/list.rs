@@ -80,7 +80,7 @@ impl Shared {
         true
     }
 
-    /// `from` (exact tag) → Alive in one CAS; true for the single winner.
+    /// `from` (an exact state word) → Alive in one CAS; true for the single winner.
     pub(crate) fn try_transition(&self, up: &Upstream, from: u64, to: u64, now: u64) -> bool {
         debug_assert_eq!(to, health::ALIVE);
         if up

@@ -296,6 +296,23 @@ impl Upstream {
         done
     }
 
+    /// Brings an offline (or probing) upstream back at once (an operator's "mark up"); fires
+    /// `online`. False if it was not out of selection.
+    pub fn mark_online(&self) -> bool {
+        let now = self.shared.now_ns();
+        loop {
+            let word = self.state.load(Ordering::Acquire);
+            let out = health::offline_until(word).is_some() || health::tag(word) == health::PROBING;
+            if !out {
+                return false;
+            }
+            if self.shared.try_transition(self, word, health::ALIVE, now) {
+                self.shared.emit(Event::Online, self, self.errors());
+                return true;
+            }
+        }
+    }
+
     /// Hands back a probe without a verdict (the request was cancelled), so the next pick
     /// probes again; does nothing unless the upstream is the probe.
     pub fn release_probe(&self) {

@@ -383,3 +383,20 @@ fn item_40_address_order_errors_and_rotation() {
     up.ok();
     assert_eq!(up.addrs()[2].1, 0, "ok() clears the current address");
 }
+
+#[test]
+fn mark_offline_and_mark_online_are_operator_overrides() {
+    let (l, _) = list("127.0.0.1,127.0.0.2", exact());
+    let log = record(&l);
+    let up = l.find("127.0.0.1").unwrap();
+    assert!(up.mark_offline(Duration::from_secs(3600)));
+    assert!(!up.mark_offline(Duration::from_secs(3600)), "already out");
+    assert_eq!(l.alive_count(), 1);
+    assert!(up.mark_online());
+    assert!(!up.mark_online(), "already in");
+    assert_eq!(l.alive_count(), 2);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["offline 127.0.0.1 0", "online 127.0.0.1 0"]
+    );
+}
