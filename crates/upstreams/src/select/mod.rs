@@ -153,13 +153,19 @@ impl Members {
         let all_alive = alive >= n;
         let ups = &self.upstreams;
         let ok = |i: usize| Some(i) != except && (all_alive || ups[i].is_alive());
+        match rotation {
+            Rotation::Hashed if !key.is_empty() => {
+                return match shared.limits.hash_mode {
+                    HashMode::RspamdRing => self.ring().lookup(key, ok),
+                    _ => self.balanced.lookup(balanced::key_hash(key), ok),
+                }
+            }
+            Rotation::Sequential => return self.sequential(ok),
+            _ => {}
+        }
+        // Keyed hashing and sequential never ramp (SPEC.md item 35): only the rest pay for it.
         let ramp = Ramp::new(shared);
         match rotation {
-            Rotation::Hashed if !key.is_empty() => match shared.limits.hash_mode {
-                HashMode::RspamdRing => self.ring().lookup(key, ok),
-                _ => self.balanced.lookup(balanced::key_hash(key), ok),
-            },
-            Rotation::Sequential => self.sequential(ok),
             Rotation::P2c => self.p2c(ok, shared, &ramp),
             _ if ramp.window == 0 => self.weighted_pick(rotation, ok, shared),
             _ => {
