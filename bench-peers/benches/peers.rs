@@ -160,34 +160,20 @@ fn unkeyed_group(c: &mut Criterion) {
         group.sample_size(15);
         for n in SIZES {
             let mut schemes: Vec<(&str, Pick)> = Vec::new();
-            let s = ours(n, HashMode::Balanced, false);
-            schemes.push((
-                "upstreams-round-robin",
-                Arc::new(move |_| {
-                    black_box(s.select(Rotation::RoundRobin, b""));
-                }),
-            ));
-            let s = ours(n, HashMode::Balanced, true);
-            schemes.push((
-                "upstreams-round-robin-weighted",
-                Arc::new(move |_| {
-                    black_box(s.select(Rotation::RoundRobin, b""));
-                }),
-            ));
-            let s = ours(n, HashMode::Balanced, false);
-            schemes.push((
-                "upstreams-random",
-                Arc::new(move |_| {
-                    black_box(s.select(Rotation::Random, b""));
-                }),
-            ));
-            let s = ours(n, HashMode::Balanced, false);
-            schemes.push((
-                "upstreams-p2c",
-                Arc::new(move |_| {
-                    black_box(s.select(Rotation::P2c, b""));
-                }),
-            ));
+            for (name, weighted, rotation) in [
+                ("upstreams-round-robin", false, Rotation::RoundRobin),
+                ("upstreams-round-robin-weighted", true, Rotation::RoundRobin),
+                ("upstreams-random", false, Rotation::Random),
+                ("upstreams-p2c", false, Rotation::P2c),
+            ] {
+                let s = ours(n, HashMode::Balanced, weighted);
+                schemes.push((
+                    name,
+                    Arc::new(move |_| {
+                        black_box(s.select(rotation, b""));
+                    }),
+                ));
+            }
             let list = Arc::new(
                 UpstreamList::parse(&definition(n, None), 11333, Limits::default()).unwrap(),
             );
