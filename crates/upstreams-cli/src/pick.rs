@@ -25,8 +25,8 @@ pub(crate) struct Args {
     /// Picks to print for unkeyed rotations.
     #[arg(long, short = 'n', default_value_t = 10)]
     count: usize,
-    /// Read keys one per line from this file (`-` for standard input).
-    #[arg(long, value_name = "FILE")]
+    /// Read keys one per line from this file (`-` for standard input); also `--keys`.
+    #[arg(long, visible_alias = "keys", value_name = "FILE")]
     keys_from: Option<String>,
     /// Port for entries that name none.
     #[arg(long, short = 'p', default_value_t = 11333)]

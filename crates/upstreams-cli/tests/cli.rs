@@ -63,26 +63,29 @@ fn pick_matches_the_library_for_keys_and_stdin() {
     assert_eq!(code, 0);
     assert_eq!(out.lines().collect::<Vec<_>>(), want);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_upstreams"))
-        .args(["pick", def, "--keys-from", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(keys.join("\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        String::from_utf8(out.stdout)
+    // Keys from standard input, under both spellings of the flag.
+    for flag in ["--keys-from", "--keys"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_upstreams"))
+            .args(["pick", def, flag, "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
             .unwrap()
-            .lines()
-            .collect::<Vec<_>>(),
-        want
-    );
+            .write_all(keys.join("\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .collect::<Vec<_>>(),
+            want
+        );
+    }
 }
 
 #[test]

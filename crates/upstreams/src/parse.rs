@@ -232,8 +232,16 @@ pub(crate) fn write_definition<'a>(
     for (i, entry) in entries.enumerate() {
         if i > 0 {
             f.write_str(",")?;
+            write!(f, "{entry}")?;
+            continue;
         }
-        write!(f, "{entry}")?;
+        let first = entry.to_string();
+        // A first entry such as the host `round-robin` with port 8 would read back as a
+        // prefix: a leading separator keeps it an entry.
+        if rotation.is_none() && split_prefix(&first).0.is_some() {
+            f.write_str(",")?;
+        }
+        f.write_str(&first)?;
     }
     Ok(())
 }

@@ -212,6 +212,24 @@ fn item_13_display_round_trips_examples() {
     }
 }
 
+/// Regression (found by the `parse` fuzzer): a first entry named like a rotation prefix
+/// (`;;round-robin:8` is the host `round-robin`, port 8) printed as `round-robin:8`, which
+/// reads back as a prefix.
+#[test]
+fn item_13_first_entry_named_like_a_prefix_round_trips() {
+    for text in [
+        ";;round-robin:8",
+        " ,hash:80",
+        ",P2C:1:2,b",
+        "random:random:80",
+    ] {
+        let def = parse(text);
+        let printed = def.to_string();
+        assert_eq!(parse(&printed), def, "{text} printed as {printed}");
+    }
+    assert_eq!(parse(";;round-robin:8").rotation(), None);
+}
+
 #[test]
 fn item_13_error_text_is_clipped() {
     let long = format!("{}:1", "a".repeat(1 << 20));
