@@ -6,7 +6,7 @@
 //! exercised deterministically, without sleeping.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A monotonic source of time.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
@@ -15,16 +15,22 @@ pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// The process's monotonic clock, with its epoch at construction.
+///
+/// It reads the kernel's coarse monotonic clock (`CLOCK_MONOTONIC_COARSE` on Linux,
+/// through `coarsetime`): about 5 ns a read here against 24 ns for `std::time::Instant`, at
+/// the price of a resolution of one scheduler tick (1–4 ms). Every duration the core keeps
+/// (error windows, revive delays, DNS schedules, latency decay) is counted in seconds, and
+/// a pick reads the clock whenever some upstream is offline, so the cheaper read wins.
 #[derive(Debug, Clone, Copy)]
 pub struct MonotonicClock {
-    epoch: Instant,
+    epoch: coarsetime::Instant,
 }
 
 impl MonotonicClock {
     /// A clock whose epoch is now.
     pub fn new() -> Self {
         Self {
-            epoch: Instant::now(),
+            epoch: coarsetime::Instant::now(),
         }
     }
 }
@@ -37,7 +43,11 @@ impl Default for MonotonicClock {
 
 impl Clock for MonotonicClock {
     fn now(&self) -> Duration {
-        self.epoch.elapsed()
+        Duration::from_nanos(
+            coarsetime::Instant::now()
+                .duration_since(self.epoch)
+                .as_nanos(),
+        )
     }
 }
 

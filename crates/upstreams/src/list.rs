@@ -22,6 +22,8 @@ use crate::Error;
 /// reference cycle).
 pub(crate) struct Shared {
     pub(crate) limits: Limits,
+    /// `limits.slow_start` in nanoseconds (read by every weighted pick).
+    pub(crate) slow_start_ns: u64,
     clock: Arc<dyn Clock>,
     watchers: Watchers,
     pub(crate) rng: Rng,
@@ -154,6 +156,7 @@ impl UpstreamList {
         }
         let shared = Arc::new(Shared {
             rng: Rng::new(limits.seed),
+            slow_start_ns: health::nanos(limits.slow_start),
             limits,
             clock,
             watchers: Watchers::default(),
@@ -343,6 +346,7 @@ fn hand_out(upstream: &Arc<Upstream>, tokens: u32) -> Picked {
 }
 
 /// The index a pick returns: a due probe first, else the rotation's choice.
+#[inline]
 fn choose(
     members: &Members,
     shared: &Shared,
@@ -366,10 +370,16 @@ fn choose(
 
 /// Lazy revival (SPEC.md items 33–34): when some offline upstream's deadline has passed,
 /// bring it back, or, when nothing is alive, take one as the probe (returned).
+#[inline]
 fn maintain(members: &Members, shared: &Shared) -> Option<usize> {
     if shared.offline.load(Ordering::Relaxed) == 0 {
         return None;
     }
+    maintain_slow(members, shared)
+}
+
+#[inline(never)]
+fn maintain_slow(members: &Members, shared: &Shared) -> Option<usize> {
     let now = shared.now_ns();
     if now < shared.next_revive.load(Ordering::SeqCst) {
         return None;

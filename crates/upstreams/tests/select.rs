@@ -134,6 +134,32 @@ fn item_16_smooth_weighted_round_robin() {
     }
 }
 
+/// Item 16 under concurrency: every thread walks its own copy of the cycle (one cursor per
+/// thread), so each sees nginx's exact interleaving while others pick at the same time.
+#[test]
+fn item_16_each_thread_sees_the_exact_cycle() {
+    let (l, _) = list("round-robin:127.0.0.1:1:5,127.0.0.2:1:1,127.0.0.3:1:1", exact());
+    let l = std::sync::Arc::new(l);
+    // Two threads: stripes are handed out round-robin, so they get distinct ones unless six
+    // other threads of this process make their first pick in between.
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                (0..700)
+                    .map(|_| {
+                        let name = l.get(Rotation::RoundRobin, b"").unwrap().name().to_owned();
+                        (b'a' + name.as_bytes()[8] - b'1') as char
+                    })
+                    .collect::<String>()
+            })
+        })
+        .collect();
+    for w in workers {
+        assert_eq!(w.join().unwrap(), "aabacaa".repeat(100));
+    }
+}
+
 #[test]
 fn item_16_offline_members_do_not_skew_the_others() {
     let (l, clock) = list("127.0.0.1:1:3,127.0.0.2:1:2,127.0.0.3:1:1", exact());

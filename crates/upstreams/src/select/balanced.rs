@@ -60,13 +60,24 @@ const ALWAYS: u64 = 1 << 32;
 #[derive(Debug)]
 pub(crate) struct Balanced {
     shift: u32,
-    owners: Box<[u32]>,
-    thresh: Box<[u64]>,
+    owners: Owners,
+    /// Acceptance threshold per member: a probe is accepted when its low 32 bits are
+    /// `<=` it (`u32::MAX`: always).
+    thresh: Box<[u32]>,
     weights: Box<[u64]>,
     ids: Box<[u64]>,
 }
 
+/// The slot table: two bytes a slot while member indices fit (the common case: 32 KiB at
+/// 2^14 slots, inside L1), four beyond.
+#[derive(Debug)]
+enum Owners {
+    Small(Box<[u16]>),
+    Large(Box<[u32]>),
+}
+
 /// The key hash used by [`Balanced::lookup`].
+#[inline]
 pub(crate) fn key_hash(key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, KEY_SEED)
 }
@@ -93,9 +104,14 @@ impl Balanced {
         let quotas = quotas(&weights, m);
         let owners = fill(&ids, &quotas, m);
         let thresh = thresholds(&weights, &quotas);
+        let owners = if ids.len() <= usize::from(u16::MAX) + 1 {
+            Owners::Small(owners.iter().map(|&o| o as u16).collect())
+        } else {
+            Owners::Large(owners.into_boxed_slice())
+        };
         Self {
             shift: 64 - bits,
-            owners: owners.into_boxed_slice(),
+            owners,
             thresh: thresh.into_boxed_slice(),
             weights: weights.into_boxed_slice(),
             ids: ids.into_boxed_slice(),
@@ -105,22 +121,50 @@ impl Balanced {
     /// Number of slots.
     #[cfg(test)]
     pub(crate) fn slots(&self) -> usize {
-        self.owners.len()
+        match &self.owners {
+            Owners::Small(t) => t.len(),
+            Owners::Large(t) => t.len(),
+        }
     }
 
     /// The member for hash `h`, skipping members `accept` refuses.
     #[inline]
     pub(crate) fn lookup(&self, h: u64, accept: impl Fn(usize) -> bool) -> Option<usize> {
-        if self.owners.is_empty() {
-            return None;
+        match &self.owners {
+            Owners::Small(table) => self.probe(table, h, accept),
+            Owners::Large(table) => self.probe(table, h, accept),
         }
-        let mut x = h;
-        for i in 1..=PROBES {
-            let owner = self.owners[(x >> self.shift) as usize] as usize;
-            if (x & 0xffff_ffff) < self.thresh[owner] && accept(owner) {
+    }
+
+    #[inline(always)]
+    fn probe<T: Copy + Into<u32>>(
+        &self,
+        table: &[T],
+        h: u64,
+        accept: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        // The common case, one table read and one compare, stays inline; the rest of the
+        // probe sequence is out of line.
+        let owner = (*table.get((h >> self.shift) as usize)?).into() as usize;
+        if h as u32 <= self.thresh[owner] && accept(owner) {
+            return Some(owner);
+        }
+        self.probe_on(table, h, accept)
+    }
+
+    #[inline(never)]
+    fn probe_on<T: Copy + Into<u32>>(
+        &self,
+        table: &[T],
+        h: u64,
+        accept: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        for i in 1..PROBES {
+            let x = mix64(h.wrapping_add(i.wrapping_mul(STEP)));
+            let owner = table[(x >> self.shift) as usize].into() as usize;
+            if x as u32 <= self.thresh[owner] && accept(owner) {
                 return Some(owner);
             }
-            x = mix64(h.wrapping_add(i.wrapping_mul(STEP)));
         }
         self.fallback(h, accept)
     }
@@ -211,7 +255,7 @@ fn fill(ids: &[u64], quotas: &[u64], m: usize) -> Vec<u32> {
 }
 
 /// Per-member acceptance thresholds over 32 bits (thinning, step 3).
-fn thresholds(weights: &[u64], quotas: &[u64]) -> Vec<u64> {
+fn thresholds(weights: &[u64], quotas: &[u64]) -> Vec<u32> {
     let Some(top) = (0..weights.len()).max_by(|&a, &b| {
         (u128::from(weights[a]) * u128::from(quotas[b]))
             .cmp(&(u128::from(weights[b]) * u128::from(quotas[a])))
@@ -225,7 +269,8 @@ fn thresholds(weights: &[u64], quotas: &[u64]) -> Vec<u64> {
         .map(|(&w, &t)| {
             let num = u128::from(ALWAYS) * u128::from(w) * u128::from(quotas[top]);
             let den = u128::from(t) * u128::from(weights[top]);
-            (num / den).min(u128::from(ALWAYS)) as u64
+            // Accepting `x <= thresh` over 2^32 values: `thresh = p·2^32 − 1`, p > 0.
+            ((num / den).clamp(1, u128::from(ALWAYS)) - 1) as u32
         })
         .collect()
 }

@@ -138,6 +138,7 @@ impl Members {
     }
 
     /// The index of the pick, or `None` when nothing is selectable.
+    #[inline]
     pub(crate) fn select(
         &self,
         rotation: Rotation,
@@ -157,6 +158,10 @@ impl Members {
             Rotation::Hashed if !key.is_empty() => {
                 return match shared.limits.hash_mode {
                     HashMode::RspamdRing => self.ring().lookup(key, ok),
+                    // Everything healthy and nothing excluded: no per-probe health check.
+                    _ if all_alive && except.is_none() => {
+                        self.balanced.lookup(balanced::key_hash(key), |_| true)
+                    }
                     _ => self.balanced.lookup(balanced::key_hash(key), ok),
                 }
             }
@@ -167,6 +172,10 @@ impl Members {
         let ramp = Ramp::new(shared);
         match rotation {
             Rotation::P2c => self.p2c(ok, shared, &ramp),
+            // Everything healthy and nothing excluded: the schedule's next member as it is.
+            _ if ramp.window == 0 && all_alive && except.is_none() => {
+                self.weighted_pick(rotation, |_| true, shared)
+            }
             _ if ramp.window == 0 => self.weighted_pick(rotation, ok, shared),
             _ => {
                 // Slow start: ramping members are accepted in proportion to their factor;
@@ -184,6 +193,7 @@ impl Members {
     }
 
     /// Random, round-robin and master-slave, the rotations slow start thins.
+    #[inline]
     fn weighted_pick(
         &self,
         rotation: Rotation,
@@ -265,10 +275,11 @@ struct Ramp<'a> {
 }
 
 impl<'a> Ramp<'a> {
+    #[inline]
     fn new(shared: &'a Shared) -> Self {
         Self {
             shared,
-            window: crate::health::nanos(shared.limits.slow_start),
+            window: shared.slow_start_ns,
             now: Cell::new(None),
         }
     }
