@@ -209,5 +209,53 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The balanced hash under health changes (issue #6's targets): `Snapshot::select` with 0,
+/// 10, 50 and 90 % of the upstreams offline, and as a dependent chain (each key chosen from
+/// the previous answer, so lookups cannot overlap).
+fn balanced_health(c: &mut Criterion) {
+    let keys = keys();
+    let mut group = c.benchmark_group("balanced");
+    group.throughput(Throughput::Elements(1));
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(1));
+    group.sample_size(20);
+    for n in [10, 100, 1000] {
+        for down in [0, 10, 50, 90] {
+            let list =
+                UpstreamList::parse(&definition(n, false), 11333, Limits::default()).unwrap();
+            for (k, up) in list.upstreams().iter().enumerate() {
+                if k * 100 < down * n {
+                    up.mark_offline(Duration::from_secs(3600));
+                }
+            }
+            let snap = list.snapshot();
+            group.bench_with_input(
+                BenchmarkId::new(format!("{down}pct-down"), n),
+                &n,
+                |b, _| {
+                    let mut i = 0usize;
+                    b.iter(|| {
+                        i = i.wrapping_add(1);
+                        black_box(snap.select(Rotation::Hashed, black_box(&keys[i & 4095])))
+                    });
+                },
+            );
+        }
+        let list = UpstreamList::parse(&definition(n, false), 11333, Limits::default()).unwrap();
+        let snap = list.snapshot();
+        group.bench_with_input(BenchmarkId::new("dependent", n), &n, |b, _| {
+            let mut prev = 0usize;
+            let mut i = 0usize;
+            b.iter(|| {
+                i = i.wrapping_add(1);
+                let up = snap.select(Rotation::Hashed, &keys[(i ^ prev) & 4095]);
+                // The answer's address feeds the next key (no dereference of the upstream).
+                prev = up.map_or(0, |u| Arc::as_ptr(u) as usize >> 4);
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, balanced_health);
 criterion_main!(benches);

@@ -138,7 +138,10 @@ fn item_16_smooth_weighted_round_robin() {
 /// thread), so each sees nginx's exact interleaving while others pick at the same time.
 #[test]
 fn item_16_each_thread_sees_the_exact_cycle() {
-    let (l, _) = list("round-robin:127.0.0.1:1:5,127.0.0.2:1:1,127.0.0.3:1:1", exact());
+    let (l, _) = list(
+        "round-robin:127.0.0.1:1:5,127.0.0.2:1:1,127.0.0.3:1:1",
+        exact(),
+    );
     let l = std::sync::Arc::new(l);
     // Two threads: stripes are handed out round-robin, so they get distinct ones unless six
     // other threads of this process make their first pick in between.

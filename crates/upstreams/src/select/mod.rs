@@ -163,7 +163,7 @@ impl Members {
                         self.balanced.lookup(balanced::key_hash(key), |_| true)
                     }
                     _ => self.balanced.lookup(balanced::key_hash(key), ok),
-                }
+                };
             }
             Rotation::Sequential => return self.sequential(ok),
             _ => {}
