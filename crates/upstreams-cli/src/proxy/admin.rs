@@ -77,6 +77,8 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
                 "rotation": l.list.rotation().unwrap_or(settings.rotation).to_string(),
                 "accepted": l.stats.accepted.load(Ordering::Relaxed),
                 "refused": l.stats.refused.load(Ordering::Relaxed),
+                "idle_closed": l.stats.idle_closed.load(Ordering::Relaxed),
+                "accept_errors": l.stats.accept_errors.load(Ordering::Relaxed),
                 "upstreams": upstreams,
             })
         })
@@ -300,6 +302,24 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
         "Clients closed: no upstream could take them.",
         &mut per_listener("upstreams_listener_refused_total", &|s| {
             s.refused.load(Ordering::Relaxed)
+        })
+        .into_iter(),
+    );
+    family(
+        "upstreams_listener_idle_closed_total",
+        "counter",
+        "Sessions closed after idle_timeout without a byte either way.",
+        &mut per_listener("upstreams_listener_idle_closed_total", &|s| {
+            s.idle_closed.load(Ordering::Relaxed)
+        })
+        .into_iter(),
+    );
+    family(
+        "upstreams_listener_accept_errors_total",
+        "counter",
+        "Failed accepts (out of file descriptors and the like).",
+        &mut per_listener("upstreams_listener_accept_errors_total", &|s| {
+            s.accept_errors.load(Ordering::Relaxed)
         })
         .into_iter(),
     );

@@ -12,6 +12,10 @@
 //! hash = "balanced"                 # or "rspamd-ring"; for rotation "hash" (key: client IP)
 //! retries = 2                       # other upstreams tried after a failed connect
 //! connect_timeout = 1.0             # seconds
+//! answer_timeout = 0.0              # seconds a backend may take to answer the client's
+//!                                   # latest bytes before it counts as failed and the
+//!                                   # session moves on (bytes replayed); 0 = wait
+//! idle_timeout = 600.0              # seconds without a byte either way: session closed
 //! default_port = 80
 //!
 //! [listener.limits]                 # any of: max_errors, error_time, revive_time,
@@ -55,6 +59,10 @@ pub(crate) struct ListenerConfig {
     #[serde(default = "default_connect_timeout")]
     pub(crate) connect_timeout: f64,
     #[serde(default)]
+    pub(crate) answer_timeout: f64,
+    #[serde(default = "default_idle_timeout")]
+    pub(crate) idle_timeout: f64,
+    #[serde(default)]
     pub(crate) default_port: u16,
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
@@ -66,6 +74,11 @@ fn default_retries() -> u32 {
 
 fn default_connect_timeout() -> f64 {
     1.0
+}
+
+/// nginx's `proxy_timeout` default (10 minutes).
+pub(crate) fn default_idle_timeout() -> f64 {
+    600.0
 }
 
 /// Limits a listener may override (seconds for times).
@@ -99,6 +112,9 @@ pub(crate) struct Settings {
     pub(crate) limits: Limits,
     pub(crate) retries: u32,
     pub(crate) connect_timeout: Duration,
+    /// `None`: wait for the backend's answer as long as the session is not idle.
+    pub(crate) answer_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Duration,
 }
 
 impl ListenerConfig {
@@ -166,6 +182,12 @@ impl ListenerConfig {
             limits,
             retries: self.retries,
             connect_timeout: secs(&what("connect_timeout"), self.connect_timeout)?,
+            answer_timeout: Some(secs(&what("answer_timeout"), self.answer_timeout)?)
+                .filter(|d| !d.is_zero()),
+            idle_timeout: match secs(&what("idle_timeout"), self.idle_timeout)? {
+                d if d.is_zero() => bail!("{}: must be above 0", what("idle_timeout")),
+                d => d,
+            },
         })
     }
 }

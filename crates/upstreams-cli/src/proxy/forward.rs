@@ -1,9 +1,9 @@
 //! Accepting clients and forwarding them to upstreams, with retries on connect failures.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -109,6 +109,7 @@ impl Listener {
                         Ok(a) => a,
                         Err(err) => {
                             // Out of descriptors and the like: back off briefly, keep serving.
+                            self.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(listener = %self.listen, %err, "accept failed");
                             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                             continue;
@@ -164,6 +165,13 @@ impl Listener {
                 tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await;
             let mut backend = match connected {
                 Ok(Ok(stream)) => stream,
+                Ok(Err(err)) if is_local_exhaustion(&err) => {
+                    // Out of descriptors here: no backend is to blame, and no retry can help
+                    // before some session ends.
+                    tracing::warn!(%peer, %err, "cannot open a backend connection");
+                    picked.release();
+                    break;
+                }
                 Ok(Err(err)) => {
                     previous = Some(failed(picked, &err.to_string()));
                     continue;
@@ -177,32 +185,57 @@ impl Listener {
             figures.observe_connect(seconds);
             picked.record_latency(seconds);
             let _ = backend.set_nodelay(true);
-            match first_answer(&mut client, &mut backend, &mut sent, &mut client_done).await {
+            let timers = Timers {
+                answer: settings.answer_timeout,
+                idle: settings.idle_timeout,
+            };
+            match first_answer(
+                &mut client,
+                &mut backend,
+                &mut sent,
+                &mut client_done,
+                timers,
+            )
+            .await
+            {
                 First::Answered(n) => figures.bytes_in.fetch_add(n, Ordering::Relaxed),
                 First::ClientGone => return,
+                First::Idle => {
+                    // Nobody said anything for `idle_timeout`: not the backend's fault.
+                    self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, upstream = picked.name(), "idle before any answer; closing");
+                    picked.release();
+                    return;
+                }
                 First::BackendClosed => {
                     previous = Some(failed(picked, "closed before answering"));
+                    continue;
+                }
+                First::NoAnswer => {
+                    previous = Some(failed(picked, "no answer in time"));
                     continue;
                 }
             };
             // Health: a success. The pick stays in flight for the whole session (p2c load).
             picked.upstream().ok();
             figures.active.fetch_add(1, Ordering::Relaxed);
-            let copied = if client_done {
-                tokio::io::copy(&mut backend, &mut client)
-                    .await
-                    .map(|down| (0, down))
-            } else {
-                tokio::io::copy_bidirectional(&mut client, &mut backend).await
-            };
+            let (up_bytes, down_bytes, idle_closed) = relay(
+                &mut client,
+                &mut backend,
+                client_done,
+                settings.idle_timeout,
+            )
+            .await;
+            if idle_closed {
+                self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, upstream = picked.name(), "idle session closed");
+            }
             figures.active.fetch_sub(1, Ordering::Relaxed);
             figures
                 .bytes_out
                 .fetch_add(sent.len() as u64, Ordering::Relaxed);
-            if let Ok((up_bytes, down_bytes)) = copied {
-                figures.bytes_out.fetch_add(up_bytes, Ordering::Relaxed);
-                figures.bytes_in.fetch_add(down_bytes, Ordering::Relaxed);
-            }
+            figures.bytes_out.fetch_add(up_bytes, Ordering::Relaxed);
+            figures.bytes_in.fetch_add(down_bytes, Ordering::Relaxed);
             tracing::debug!(%peer, upstream = picked.name(), "session closed");
             drop(picked);
             return;
@@ -210,6 +243,12 @@ impl Listener {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, "no upstream could take the client; closing");
     }
+}
+
+/// EMFILE / ENFILE / ENOBUFS / ENOMEM: this process or host ran out of something, the
+/// backend did nothing wrong.
+fn is_local_exhaustion(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(23 | 24 | 105 | 12))
 }
 
 /// Most client bytes kept for a replay; beyond this a session is committed to its backend.
@@ -220,8 +259,18 @@ enum First {
     Answered(u64),
     /// The backend closed (or reset) before sending a byte: try another one.
     BackendClosed,
+    /// The backend let `answer_timeout` pass after the client's latest bytes: try another.
+    NoAnswer,
+    /// Neither side sent a byte for `idle_timeout`: close.
+    Idle,
     /// The client went away.
     ClientGone,
+}
+
+#[derive(Clone, Copy)]
+struct Timers {
+    answer: Option<Duration>,
+    idle: Duration,
 }
 
 /// Sends what the client said so far, then relays client bytes (keeping them for a replay)
@@ -231,6 +280,7 @@ async fn first_answer(
     backend: &mut TcpStream,
     sent: &mut Vec<u8>,
     client_done: &mut bool,
+    timers: Timers,
 ) -> First {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if !sent.is_empty() && backend.write_all(sent).await.is_err() {
@@ -241,12 +291,24 @@ async fn first_answer(
     }
     let mut from_client = [0u8; 16 * 1024];
     let mut from_backend = [0u8; 16 * 1024];
+    let start = Instant::now();
+    let mut idle_from = start;
+    // The answer clock runs from the client's latest bytes (the replay counts), so a client
+    // that says nothing never makes a healthy backend look dead; that is the idle timer's.
+    let mut answer_from = (!sent.is_empty() || *client_done).then_some(start);
     loop {
         if sent.len() >= REPLAY_LIMIT {
             // Too much to keep for a replay: commit to this backend.
             return First::Answered(0);
         }
+        let idle_at = idle_from + timers.idle;
+        let answer_at = timers.answer.zip(answer_from).map(|(t, from)| from + t);
+        let (deadline, on_expiry) = match answer_at {
+            Some(at) if at < idle_at => (at, First::NoAnswer),
+            _ => (idle_at, First::Idle),
+        };
         tokio::select! {
+            () = tokio::time::sleep_until(deadline.into()) => return on_expiry,
             read = backend.read(&mut from_backend) => match read {
                 // A client that already left and a backend that then hangs up: nothing failed.
                 Ok(0) | Err(_) if *client_done => return First::ClientGone,
@@ -264,6 +326,7 @@ async fn first_answer(
                     if backend.shutdown().await.is_err() {
                         return First::BackendClosed;
                     }
+                    answer_from.get_or_insert_with(Instant::now);
                 }
                 Err(_) => return First::ClientGone,
                 Ok(n) => {
@@ -271,8 +334,112 @@ async fn first_answer(
                     if backend.write_all(&from_client[..n]).await.is_err() {
                         return First::BackendClosed;
                     }
+                    idle_from = Instant::now();
+                    answer_from = Some(idle_from);
                 }
             },
         }
+    }
+}
+
+/// Copies both ways (only backend → client once the client has half-closed) until both
+/// sides are done or one fails, or until neither has sent a byte for `idle`. Returns the
+/// bytes client → backend and backend → client, and whether the idle timer ended it.
+async fn relay(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    client_done: bool,
+    idle: Duration,
+) -> (u64, u64, bool) {
+    let epoch = Instant::now();
+    let last = AtomicU64::new(0);
+    let mut c = Watched::new(client, &last, epoch);
+    let mut b = Watched::new(backend, &last, epoch);
+    let idle_closed = {
+        let copy = async {
+            // An I/O error (a reset) ends the session like its end: nothing to retry any more.
+            if client_done {
+                let _ = tokio::io::copy(&mut b, &mut c).await;
+            } else {
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+            }
+        };
+        tokio::pin!(copy);
+        loop {
+            let quiet_since = epoch + Duration::from_micros(last.load(Ordering::Relaxed));
+            tokio::select! {
+                () = &mut copy => break false,
+                () = tokio::time::sleep_until((quiet_since + idle).into()) => {
+                    let latest = epoch + Duration::from_micros(last.load(Ordering::Relaxed));
+                    if latest == quiet_since {
+                        break true;
+                    }
+                }
+            }
+        }
+    };
+    (c.read, b.read, idle_closed)
+}
+
+/// A stream that notes when it last delivered bytes (microseconds since `epoch`), for the
+/// idle timer of [`relay`].
+struct Watched<'a> {
+    inner: &'a mut TcpStream,
+    last: &'a AtomicU64,
+    epoch: Instant,
+    read: u64,
+}
+
+impl<'a> Watched<'a> {
+    fn new(inner: &'a mut TcpStream, last: &'a AtomicU64, epoch: Instant) -> Self {
+        Self {
+            inner,
+            last,
+            epoch,
+            read: 0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Watched<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut *self.inner).poll_read(cx, buf);
+        let got = buf.filled().len() - before;
+        if got > 0 {
+            self.read += got as u64;
+            let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+            // Relaxed: the idle timer only compares two readings of it.
+            self.last.store(micros, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Watched<'_> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }

@@ -44,6 +44,13 @@ pub(crate) struct Args {
     /// Connect timeout in seconds.
     #[arg(long, default_value_t = 1.0)]
     connect_timeout: f64,
+    /// Seconds a backend may take to answer the client's latest bytes; past that it counts
+    /// as failed and the session is retried elsewhere with its bytes replayed (0: wait).
+    #[arg(long, default_value_t = 0.0)]
+    answer_timeout: f64,
+    /// Seconds without a byte in either direction after which a session is closed.
+    #[arg(long, default_value_t = config::default_idle_timeout())]
+    idle_timeout: f64,
     /// Seconds an offline upstream stays out.
     #[arg(long)]
     revive_time: Option<f64>,
@@ -95,6 +102,8 @@ fn config_from_args(args: &Args, definition: String, listen: SocketAddr) -> Conf
             hash: args.hash.clone(),
             retries: args.retries,
             connect_timeout: args.connect_timeout,
+            answer_timeout: args.answer_timeout,
+            idle_timeout: args.idle_timeout,
             default_port: 0,
             limits: LimitsConfig {
                 revive_time: args.revive_time,

@@ -64,6 +64,10 @@ pub(crate) struct Stats {
     /// Clients closed because no upstream could take them.
     pub(crate) refused: AtomicU64,
     pub(crate) accepted: AtomicU64,
+    /// Sessions closed by the idle timer.
+    pub(crate) idle_closed: AtomicU64,
+    /// Failed accepts (descriptor limit and the like).
+    pub(crate) accept_errors: AtomicU64,
 }
 
 impl Stats {
