@@ -1,6 +1,8 @@
 //! Membership changes from discovery (SRV targets): a new snapshot built off the pick path
 //! and published with one atomic swap; upstreams that stay keep their health.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -178,6 +180,23 @@ impl UpstreamList {
         let mut used = vec![false; current.upstreams.len()];
         let mut srv_used = vec![false; old_entries.len()];
         let mut next: Vec<Arc<Upstream>> = Vec::with_capacity(definition.entries().len());
+        // Configured (non-SRV) members by entry, in order, so each new entry finds the first
+        // unused equal one without a scan (duplicates pair up in configuration order).
+        let mut by_entry: HashMap<u64, Vec<usize>, BuildHasherDefault<NameHash>> =
+            HashMap::with_capacity_and_hasher(current.upstreams.len(), Default::default());
+        for (i, up) in current.upstreams.iter().enumerate().rev() {
+            if configured(up) {
+                by_entry.entry(name_hash(up.name())).or_default().push(i);
+            }
+        }
+        // The first unused member with an equal entry (same name, different weight: not it).
+        let mut take = |entry: &Entry| {
+            let queue = by_entry.get_mut(&name_hash(entry.name()))?;
+            let at = queue
+                .iter()
+                .rposition(|&i| current.upstreams[i].entry() == entry)?;
+            Some(queue.remove(at))
+        };
         for (group, entry) in definition.entries().iter().enumerate() {
             if is_srv(entry) {
                 let old =
@@ -194,11 +213,7 @@ impl UpstreamList {
                     }
                     continue;
                 }
-            } else if let Some(i) = (0..current.upstreams.len()).find(|&i| {
-                !used[i]
-                    && configured(&current.upstreams[i])
-                    && current.upstreams[i].entry() == entry
-            }) {
+            } else if let Some(i) = take(entry) {
                 used[i] = true;
                 current.upstreams[i].set_group(group);
                 next.push(Arc::clone(&current.upstreams[i]));
@@ -224,5 +239,29 @@ impl UpstreamList {
         self.set_definition(definition);
         self.publish(Members::build(next, shared.limits.hash_mode));
         change
+    }
+}
+
+fn name_hash(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+}
+
+/// The keys are already hashes: pass them through.
+#[derive(Default)]
+struct NameHash(u64);
+
+impl Hasher for NameHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }

@@ -85,19 +85,28 @@ pub(crate) fn key_hash(key: &[u8]) -> u64 {
 
 impl Balanced {
     pub(crate) fn build<'a>(members: impl Iterator<Item = (&'a str, u16)>) -> Self {
-        let mut seen = std::collections::HashMap::<&str, u64>::new();
         let mut ids = Vec::new();
         let mut weights = Vec::new();
         for (name, weight) in members {
-            let ordinal = seen.entry(name).or_insert(0);
-            let base = xxh3_64_with_seed(name.as_bytes(), ID_SEED);
-            ids.push(if *ordinal == 0 {
-                base
-            } else {
-                mix64(base ^ ordinal.wrapping_mul(STEP))
-            });
-            *ordinal += 1;
+            ids.push(xxh3_64_with_seed(name.as_bytes(), ID_SEED));
             weights.push(u64::from(weight.max(1)));
+        }
+        // Duplicate names (kept, as rspamd keeps them) get distinct identities by their
+        // ordinal among equals in configuration order: sort instead of hashing the names.
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_unstable_by_key(|&j| (ids[j], j));
+        let base = ids.clone();
+        let mut ordinal = 0u64;
+        for k in 1..order.len() {
+            let (prev, j) = (order[k - 1], order[k]);
+            ordinal = if base[j] == base[prev] {
+                ordinal + 1
+            } else {
+                0
+            };
+            if ordinal > 0 {
+                ids[j] = mix64(base[j] ^ ordinal.wrapping_mul(STEP));
+            }
         }
         let total: u64 = weights.iter().sum::<u64>().max(1);
         let bits = (total.next_power_of_two().trailing_zeros() + 4).clamp(MIN_BITS, MAX_BITS);

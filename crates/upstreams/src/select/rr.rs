@@ -183,6 +183,10 @@ fn layout(members: &[(u32, u64)]) -> Vec<u32> {
         }
     }
     let total: u64 = reduced.iter().map(|&(_, w)| w).sum();
+    if reduced.iter().all(|&(_, w)| w == 1) {
+        // Equal weights: nginx's walk is configuration order; skip its O(N²) steps.
+        return reduced.iter().map(|&(i, _)| i).collect();
+    }
     if total.saturating_mul(reduced.len() as u64) <= MAX_SMOOTH_WORK {
         smooth(&reduced, total)
     } else {
