@@ -261,6 +261,10 @@ async fn steady_load_over_faulty_backends_leaks_nothing() {
             "1",
             "--idle-timeout",
             "5",
+            // Three of the five are faulty: with every tried one excluded, the fourth
+            // attempt is sure to reach a healthy backend.
+            "--retries",
+            "3",
         ],
     );
     let (listen, admin) = (p.addrs[0], p.addrs[1]);

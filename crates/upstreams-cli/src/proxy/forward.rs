@@ -139,12 +139,15 @@ impl Listener {
         // What the client sent before any backend answered: replayed on a retry.
         let mut sent: Vec<u8> = Vec::new();
         let mut client_done = false;
+        // Upstreams this client already failed on: a retry goes elsewhere while it can.
+        let mut tried: Vec<Arc<Upstream>> = Vec::new();
         for _attempt in 0..=settings.retries {
             let picked = match &previous {
                 None => self.list.get(settings.rotation, key.as_bytes()),
-                Some(prev) => self
-                    .list
-                    .get_except(prev, settings.rotation, key.as_bytes()),
+                Some(prev) => {
+                    tried.push(Arc::clone(prev));
+                    self.retry_pick(prev, &tried, settings.rotation, key.as_bytes())
+                }
             };
             let Some(picked) = picked else { break };
             let figures = self.stats.upstream(picked.name());
@@ -242,6 +245,37 @@ impl Listener {
         }
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, "no upstream could take the client; closing");
+    }
+}
+
+impl Listener {
+    /// Any upstream but `prev`, preferring one not in `tried`: `get_except` excludes one
+    /// upstream, so draw again (each draw moves round-robin on) while the answer is one this
+    /// client already failed on; when only tried ones are left, the last draw stands.
+    fn retry_pick(
+        &self,
+        prev: &Upstream,
+        tried: &[Arc<Upstream>],
+        rotation: upstreams::Rotation,
+        key: &[u8],
+    ) -> Option<upstreams::Picked> {
+        let mut draw = self.list.get_except(prev, rotation, key)?;
+        for _ in 0..self.list.len() {
+            if !tried.iter().any(|t| Arc::ptr_eq(t, draw.upstream())) {
+                break;
+            }
+            // Hashing and master-slave answer the same again: no point in drawing on.
+            if matches!(
+                self.list.rotation().unwrap_or(rotation),
+                upstreams::Rotation::Hashed | upstreams::Rotation::MasterSlave
+            ) {
+                break;
+            }
+            let again = self.list.get_except(prev, rotation, key)?;
+            draw.release();
+            draw = again;
+        }
+        Some(draw)
     }
 }
 
