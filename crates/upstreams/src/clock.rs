@@ -5,7 +5,7 @@
 //! [`MonotonicClock`]; tests drive a [`ManualClock`] so error windows and revivals are
 //! exercised deterministically, without sleeping.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A monotonic source of time.

@@ -180,7 +180,7 @@ pub(crate) fn jittered(base: Duration, jitter: f64, u: f64) -> u64 {
 #[derive(Debug)]
 pub(crate) enum Rng {
     Thread,
-    Seeded(std::sync::atomic::AtomicU64),
+    Seeded(crate::sync::AtomicU64),
 }
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -195,7 +195,7 @@ pub(crate) fn mix64(mut z: u64) -> u64 {
 impl Rng {
     pub(crate) fn new(seed: Option<u64>) -> Self {
         match seed {
-            Some(s) => Self::Seeded(std::sync::atomic::AtomicU64::new(s)),
+            Some(s) => Self::Seeded(crate::sync::AtomicU64::new(s)),
             None => Self::Thread,
         }
     }
@@ -203,9 +203,7 @@ impl Rng {
     pub(crate) fn next_u64(&self) -> u64 {
         match self {
             Self::Thread => fastrand::u64(..),
-            Self::Seeded(state) => {
-                mix64(state.fetch_add(GOLDEN, std::sync::atomic::Ordering::Relaxed))
-            }
+            Self::Seeded(state) => mix64(state.fetch_add(GOLDEN, crate::sync::Ordering::Relaxed)),
         }
     }
 

@@ -50,6 +50,7 @@ pub mod list;
 pub mod member;
 pub mod parse;
 pub mod select;
+mod sync;
 pub mod upstream;
 
 pub use clock::{Clock, ManualClock, MonotonicClock};

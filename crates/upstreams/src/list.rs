@@ -3,8 +3,9 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use crate::sync::{AtomicU64, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;

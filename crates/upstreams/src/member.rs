@@ -1,9 +1,9 @@
 //! Membership changes from discovery (SRV targets): a new snapshot built off the pick path
 //! and published with one atomic swap; upstreams that stay keep their health.
 
+use crate::sync::Ordering;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::event::Event;

@@ -9,9 +9,9 @@ pub(crate) mod ring;
 pub(crate) mod rr;
 pub(crate) mod tokens;
 
+use crate::sync::{AtomicUsize, Ordering};
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::limits::HashMode;

@@ -32,10 +32,10 @@
 //! BENCHMARKS.md): ≈ 6 ns per `Snapshot::select`, and two threads pick about twice as many
 //! per second as one.
 
+use crate::sync::{AtomicUsize, Ordering};
 use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 const MAX_CYCLE: u64 = 1 << 20;
 const MAX_SMOOTH_WORK: u64 = 1 << 26;
@@ -64,7 +64,8 @@ struct Cursor(AtomicUsize);
 /// The cursor stripe of the calling thread, assigned round-robin at its first pick.
 #[inline]
 fn stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // A std atomic: a static needs a `const` constructor, and this one orders nothing.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     thread_local! {
         static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
     }

@@ -5,7 +5,7 @@
 //! the fewest tokens in flight among those that can afford the cost (failing that, the one
 //! with the most tokens left). Success returns the tokens, failure does not.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::upstream::Upstream;
