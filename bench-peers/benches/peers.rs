@@ -9,7 +9,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bench_peers::{addrs, definition, keys};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use maglev::ConsistentHasher;
 use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
 use pingora_load_balancing::LoadBalancer;
@@ -24,11 +27,23 @@ fn ours(n: usize, mode: HashMode, weighted: bool) -> Snapshot {
     list.snapshot()
 }
 
-/// One pick of a scheme, given a running index (for the key).
-type Pick = Arc<dyn Fn(usize) + Send + Sync>;
+/// Benchmarks `f(i)` (one pick for running index `i`) on `threads` threads. `f` is generic, so
+/// every scheme is called directly and inlined into its loop: no indirect call per pick.
+fn run<F: Fn(usize) + Send + Sync + 'static>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    n: usize,
+    threads: usize,
+    f: F,
+) {
+    let f = Arc::new(f);
+    group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+        b.iter_custom(|iters| timed(iters, threads, &f));
+    });
+}
 
 /// Runs `f(i)` `iters` times on `threads` threads; wall time for all of them.
-fn timed(iters: u64, threads: usize, f: Pick) -> Duration {
+fn timed<F: Fn(usize) + Send + Sync + 'static>(iters: u64, threads: usize, f: &Arc<F>) -> Duration {
     if threads == 1 {
         let start = Instant::now();
         for i in 0..iters as usize {
@@ -40,7 +55,7 @@ fn timed(iters: u64, threads: usize, f: Pick) -> Duration {
     let per = iters as usize / threads;
     let workers: Vec<_> = (0..threads)
         .map(|t| {
-            let (f, barrier) = (f.clone(), barrier.clone());
+            let (f, barrier) = (Arc::clone(f), barrier.clone());
             thread::spawn(move || {
                 barrier.wait();
                 for i in 0..per {
@@ -66,86 +81,56 @@ fn hash_group(c: &mut Criterion) {
         group.measurement_time(Duration::from_secs(1));
         group.sample_size(15);
         for n in SIZES {
-            let mut schemes: Vec<(&str, Pick)> = Vec::new();
             let k = keys.clone();
             let balanced = ours(n, HashMode::Balanced, false);
-            schemes.push((
-                "upstreams-balanced",
-                Arc::new(move |i| {
-                    black_box(balanced.select(Rotation::Hashed, &k[i & 4095]));
-                }),
-            ));
+            run(&mut group, "upstreams-balanced", n, threads, move |i| {
+                black_box(balanced.select(Rotation::Hashed, &k[i & 4095]));
+            });
             let k = keys.clone();
             let ring = ours(n, HashMode::RspamdRing, false);
-            schemes.push((
-                "upstreams-rspamd-ring",
-                Arc::new(move |i| {
-                    black_box(ring.select(Rotation::Hashed, &k[i & 4095]));
-                }),
-            ));
+            run(&mut group, "upstreams-rspamd-ring", n, threads, move |i| {
+                black_box(ring.select(Rotation::Hashed, &k[i & 4095]));
+            });
             let k = keys.clone();
             let lb: LoadBalancer<Consistent> = LoadBalancer::try_from_iter(addrs(n)).unwrap();
-            schemes.push((
-                "pingora-consistent",
-                Arc::new(move |i| {
-                    black_box(lb.select(&k[i & 4095], 256));
-                }),
-            ));
+            run(&mut group, "pingora-consistent", n, threads, move |i| {
+                black_box(lb.select(&k[i & 4095], 256));
+            });
             let k = keys.clone();
             let buckets: Vec<pingora_ketama::Bucket> = addrs(n)
                 .iter()
                 .map(|a| pingora_ketama::Bucket::new(a.parse().unwrap(), 1))
                 .collect();
             let continuum = pingora_ketama::Continuum::new(&buckets);
-            schemes.push((
-                "pingora-ketama",
-                Arc::new(move |i| {
-                    black_box(continuum.node_idx(&k[i & 4095]));
-                }),
-            ));
+            run(&mut group, "pingora-ketama", n, threads, move |i| {
+                black_box(continuum.node_idx(&k[i & 4095]));
+            });
             let k = keys.clone();
             let anchor: anchorhash::AnchorHash<[u8; 32], String, _> =
                 anchorhash::Builder::default()
                     .with_resources(addrs(n))
                     .build(n as u16 * 2);
-            schemes.push((
-                "anchorhash",
-                Arc::new(move |i| {
-                    black_box(anchor.get_resource(k[i & 4095]));
-                }),
-            ));
+            run(&mut group, "anchorhash", n, threads, move |i| {
+                black_box(anchor.get_resource(k[i & 4095]));
+            });
             let k = keys.clone();
             let mag = maglev::Maglev::new(addrs(n));
-            schemes.push((
-                "maglev",
-                Arc::new(move |i| {
-                    black_box(mag.get(&k[i & 4095]));
-                }),
-            ));
+            run(&mut group, "maglev", n, threads, move |i| {
+                black_box(mag.get(&k[i & 4095]));
+            });
             let k = keys.clone();
             let jump = jumphash::JumpHasher::new();
-            schemes.push((
-                "jumphash",
-                Arc::new(move |i| {
-                    black_box(jump.slot(&k[i & 4095], n as u32));
-                }),
-            ));
+            run(&mut group, "jumphash", n, threads, move |i| {
+                black_box(jump.slot(&k[i & 4095], n as u32));
+            });
             let k = keys.clone();
             let mut ring2 = hashring::HashRing::new();
             for a in addrs(n) {
                 ring2.add(a);
             }
-            schemes.push((
-                "hashring",
-                Arc::new(move |i| {
-                    black_box(ring2.get(&k[i & 4095]));
-                }),
-            ));
-            for (name, f) in schemes {
-                group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                    b.iter_custom(|iters| timed(iters, threads, f.clone()));
-                });
-            }
+            run(&mut group, "hashring", n, threads, move |i| {
+                black_box(ring2.get(&k[i & 4095]));
+            });
         }
         group.finish();
     }
@@ -159,7 +144,6 @@ fn unkeyed_group(c: &mut Criterion) {
         group.measurement_time(Duration::from_secs(1));
         group.sample_size(15);
         for n in SIZES {
-            let mut schemes: Vec<(&str, Pick)> = Vec::new();
             for (name, weighted, rotation) in [
                 ("upstreams-round-robin", false, Rotation::RoundRobin),
                 ("upstreams-round-robin-weighted", true, Rotation::RoundRobin),
@@ -167,41 +151,30 @@ fn unkeyed_group(c: &mut Criterion) {
                 ("upstreams-p2c", false, Rotation::P2c),
             ] {
                 let s = ours(n, HashMode::Balanced, weighted);
-                schemes.push((
-                    name,
-                    Arc::new(move |_| {
-                        black_box(s.select(rotation, b""));
-                    }),
-                ));
+                run(&mut group, name, n, threads, move |_| {
+                    black_box(s.select(rotation, b""));
+                });
             }
             let list = Arc::new(
                 UpstreamList::parse(&definition(n, None), 11333, Limits::default()).unwrap(),
             );
-            schemes.push((
+            run(
+                &mut group,
                 "upstreams-round-robin-get",
-                Arc::new(move |_| {
+                n,
+                threads,
+                move |_| {
                     black_box(list.get(Rotation::RoundRobin, b""));
-                }),
-            ));
+                },
+            );
             let lb: LoadBalancer<RoundRobin> = LoadBalancer::try_from_iter(addrs(n)).unwrap();
-            schemes.push((
-                "pingora-round-robin",
-                Arc::new(move |_| {
-                    black_box(lb.select(b"", 256));
-                }),
-            ));
+            run(&mut group, "pingora-round-robin", n, threads, move |_| {
+                black_box(lb.select(b"", 256));
+            });
             let lb: LoadBalancer<Random> = LoadBalancer::try_from_iter(addrs(n)).unwrap();
-            schemes.push((
-                "pingora-random",
-                Arc::new(move |_| {
-                    black_box(lb.select(b"", 256));
-                }),
-            ));
-            for (name, f) in schemes {
-                group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                    b.iter_custom(|iters| timed(iters, threads, f.clone()));
-                });
-            }
+            run(&mut group, "pingora-random", n, threads, move |_| {
+                black_box(lb.select(b"", 256));
+            });
         }
         group.finish();
     }
