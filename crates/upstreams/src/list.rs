@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     members: AtomicUsize,
     /// Earliest revive deadline among offline upstreams (ns), `u64::MAX` when none.
     pub(crate) next_revive: AtomicU64,
+    /// Bumped after every state transition (see `select::down`).
+    pub(crate) health_epoch: AtomicU64,
 }
 
 impl Shared {
@@ -62,6 +64,12 @@ impl Shared {
         )
     }
 
+    /// Called after every successful state compare-and-swap.
+    pub(crate) fn health_changed(&self) {
+        // Release: a picker that reads the new epoch sees the state word written before.
+        self.health_epoch.fetch_add(1, Ordering::Release);
+    }
+
     /// `from` → `Offline { until }` in one CAS; true for the single winner.
     pub(crate) fn go_offline(&self, up: &Upstream, from: u64, until: u64) -> bool {
         let word = health::pack_offline(until);
@@ -73,6 +81,7 @@ impl Shared {
         {
             return false;
         }
+        self.health_changed();
         if from == health::ALIVE {
             self.alive.fetch_sub(1, Ordering::Relaxed);
             self.offline.fetch_add(1, Ordering::Relaxed);
@@ -93,6 +102,7 @@ impl Shared {
         {
             return false;
         }
+        self.health_changed();
         self.came_back(up, from, now);
         true
     }
@@ -165,6 +175,7 @@ impl UpstreamList {
             offline: AtomicUsize::new(0),
             members: AtomicUsize::new(entries.len()),
             next_revive: AtomicU64::new(u64::MAX),
+            health_epoch: AtomicU64::new(0),
         });
         let upstreams: Vec<Arc<Upstream>> = entries
             .iter()
@@ -414,7 +425,10 @@ fn maintain_slow(members: &Members, shared: &Shared) -> Option<usize> {
             .state
             .compare_exchange(word, health::PROBING, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
-            .then_some(i)
+            .then(|| {
+                shared.health_changed();
+                i
+            })
     });
     if due > usize::from(probe.is_some()) {
         // Other due upstreams wait for the next caller.

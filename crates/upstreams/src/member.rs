@@ -150,6 +150,7 @@ fn drain(shared: &Shared, up: &Upstream) {
             Err(seen) => word = seen,
         }
     }
+    shared.health_changed();
     match health::tag(word) {
         health::ALIVE => {
             shared.alive.fetch_sub(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 //! only when membership changes; health is read from each upstream's own atomic state.
 
 pub(crate) mod balanced;
+pub(crate) mod down;
 pub(crate) mod ring;
 pub(crate) mod rr;
 pub(crate) mod tokens;
@@ -99,6 +100,7 @@ pub(crate) struct Members {
     ring: OnceLock<Ring>,
     sequence: AtomicUsize,
     weighted: bool,
+    down: down::DownBits,
 }
 
 impl Members {
@@ -127,6 +129,7 @@ impl Members {
             balanced,
             ring,
             sequence: AtomicUsize::new(0),
+            down: down::DownBits::new(upstreams.len()),
             weighted: weights.iter().any(|&w| w > 0),
             upstreams: upstreams.into_boxed_slice(),
         }
@@ -151,9 +154,49 @@ impl Members {
         if alive == 0 {
             return None;
         }
-        let all_alive = alive >= n;
+        if alive >= n {
+            return self.select_by(rotation, key, except, shared, true, |i| Some(i) != except);
+        }
+        self.select_degraded(rotation, key, except, shared)
+    }
+
+    /// [`Members::select`] while some member is not alive: out of line, so the all-alive
+    /// path stays small.
+    #[inline(never)]
+    fn select_degraded(
+        &self,
+        rotation: Rotation,
+        key: &[u8],
+        except: Option<usize>,
+        shared: &Shared,
+    ) -> Option<usize> {
+        // Acquire: transitions counted by this epoch are visible in the state words.
+        let epoch = shared.health_epoch.load(Ordering::Acquire);
+        if let Some(bits) = self.down.current(epoch, &self.upstreams) {
+            let ok = |i: usize| Some(i) != except && bits.is_up(i);
+            match self.select_by(rotation, key, except, shared, false, ok) {
+                // A transition newer than the bits: decide on the state words instead.
+                Some(i) if !self.upstreams[i].is_alive() => {}
+                got => return got,
+            }
+        }
         let ups = &self.upstreams;
-        let ok = |i: usize| Some(i) != except && (all_alive || ups[i].is_alive());
+        let ok = |i: usize| Some(i) != except && ups[i].is_alive();
+        self.select_by(rotation, key, except, shared, false, ok)
+    }
+
+    /// [`Members::select`] with `ok` telling which members may be picked.
+    #[inline(always)]
+    fn select_by(
+        &self,
+        rotation: Rotation,
+        key: &[u8],
+        except: Option<usize>,
+        shared: &Shared,
+        all_alive: bool,
+        ok: impl Fn(usize) -> bool + Copy,
+    ) -> Option<usize> {
+        let ups = &self.upstreams;
         match rotation {
             Rotation::Hashed if !key.is_empty() => {
                 return match shared.limits.hash_mode {
