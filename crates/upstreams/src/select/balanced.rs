@@ -172,7 +172,8 @@ impl Balanced {
         for i in 1..PROBES {
             let x = mix64(h.wrapping_add(i.wrapping_mul(STEP)));
             let owner = table[(x >> self.shift) as usize].into() as usize;
-            if x as u32 <= self.thresh[owner] && accept(owner) {
+            // Health first: past the first probe, a refused member is the likely case.
+            if accept(owner) && x as u32 <= self.thresh[owner] {
                 return Some(owner);
             }
         }

@@ -14,10 +14,9 @@
 //!    the bits; otherwise one picker recomputes them from the state words (O(N / 64) words,
 //!    N loads) while the others, finding the rebuild flag taken, read state words directly
 //!    for that pick.
-//! 3. A transition whose epoch bump is not visible yet may be missed by a pick. That pick
-//!    behaves as if it happened just before the transition, as a pick that reads state words
-//!    does. The winner's own state word is still checked, so nothing offline is handed out
-//!    on a stale bit.
+//! 3. A transition whose epoch bump is not visible yet may be missed by a pick: that pick
+//!    behaves as if it happened just before the transition, exactly as a pick that reads the
+//!    state word a moment before another thread's compare-and-swap does.
 //!
 //! # Concurrency
 //! Lock-free: readers never wait; a rebuild is done by whichever picker wins a flag.

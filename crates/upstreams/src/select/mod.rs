@@ -173,12 +173,11 @@ impl Members {
         // Acquire: transitions counted by this epoch are visible in the state words.
         let epoch = shared.health_epoch.load(Ordering::Acquire);
         if let Some(bits) = self.down.current(epoch, &self.upstreams) {
+            // The bits are those of the current epoch: a transition they miss is one whose
+            // compare-and-swap is landing right now, which a read of the state words could
+            // miss as well (the pick then happened just before it).
             let ok = |i: usize| Some(i) != except && bits.is_up(i);
-            match self.select_by(rotation, key, except, shared, false, ok) {
-                // A transition newer than the bits: decide on the state words instead.
-                Some(i) if !self.upstreams[i].is_alive() => {}
-                got => return got,
-            }
+            return self.select_by(rotation, key, except, shared, false, ok);
         }
         let ups = &self.upstreams;
         let ok = |i: usize| Some(i) != except && ups[i].is_alive();
