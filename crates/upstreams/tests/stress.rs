@@ -96,6 +96,123 @@ fn stress_transitions_are_reported_exactly_once() {
     }
 }
 
+/// Issue #7: pickers racing a thread that changes the membership (members leave and come
+/// back, as SRV targets or reloads do), with failures and revivals. Nothing drained or
+/// pending is ever picked, every transition is reported once (per name: +1 online, −1
+/// offline, starting at +1 for the first members, ending at +1 for those configured at the
+/// end and 0 for those removed), and counters and in-flight counts end right.
+#[test]
+fn stress_membership_changes_under_picks() {
+    let limits = common::exact()
+        .with_max_consecutive_errors(3)
+        .with_revive_time(Duration::from_millis(50));
+    let names: Vec<String> = (1..=8).map(|i| format!("127.0.0.{i}")).collect();
+    // The members of bit i set in `mask`, in name order.
+    fn definition(mask: u32) -> upstreams::Definition {
+        let kept: Vec<String> = (0..8)
+            .filter(|i| mask & (1 << i) != 0)
+            .map(|i| format!("127.0.0.{}", i + 1))
+            .collect();
+        upstreams::Definition::parse(&kept.join(","), 11333).unwrap()
+    }
+    let first = 0b0011_1111;
+    let (list, clock) = common::list(&definition(first).to_string(), limits);
+    let list = Arc::new(list);
+    let balance: Arc<Mutex<HashMap<String, i64>>> = Arc::new(Mutex::new(
+        list.upstreams()
+            .iter()
+            .map(|u| (u.name().to_owned(), 1))
+            .collect(),
+    ));
+    {
+        let balance = balance.clone();
+        let events: Events = [Event::Online, Event::Offline].into_iter().collect();
+        list.add_watcher(events, move |event, up, _| {
+            *balance
+                .lock()
+                .unwrap()
+                .entry(up.name().to_owned())
+                .or_insert(0) += if event == Event::Online { 1 } else { -1 };
+        });
+    }
+    let seen: Arc<Mutex<Vec<Arc<upstreams::Upstream>>>> = Arc::default();
+    let pickers: Vec<_> = (0..3)
+        .map(|t| {
+            let (list, clock, seen) = (list.clone(), clock.clone(), seen.clone());
+            thread::spawn(move || {
+                for i in 0..20_000u32 {
+                    let rotation = Rotation::ALL[(i as usize + t) % Rotation::ALL.len()];
+                    let key = format!("k{}", i % 89);
+                    let Some(p) = list.get_forced(rotation, key.as_bytes()) else {
+                        clock.advance(Duration::from_millis(1));
+                        continue;
+                    };
+                    assert!(
+                        !matches!(p.state(), State::Pending),
+                        "picked pending {}",
+                        p.name()
+                    );
+                    if i % 512 == 0 {
+                        seen.lock().unwrap().push(Arc::clone(p.upstream()));
+                    }
+                    match (i + t as u32) % 6 {
+                        0 => p.fail(FailKind::Other, "stress"),
+                        1 => drop(p),
+                        _ => p.ok(),
+                    }
+                    if i % 64 == 0 {
+                        clock.advance(Duration::from_millis(1));
+                    }
+                }
+            })
+        })
+        .collect();
+    // Membership: a fixed walk over subsets of the eight names (never empty).
+    let masks = [
+        0b0011_1111u32,
+        0b1111_0000,
+        0b0101_0101,
+        0b1111_1111,
+        0b0000_0111,
+        0b1100_0011,
+    ];
+    let changer = {
+        let list = list.clone();
+        thread::spawn(move || {
+            for round in 0..300 {
+                list.reconfigure(&definition(masks[round % masks.len()]));
+                thread::yield_now();
+            }
+        })
+    };
+    for t in pickers {
+        t.join().unwrap();
+    }
+    changer.join().unwrap();
+    let last = masks[299 % masks.len()];
+    clock.advance(Duration::from_secs(3600));
+    for _ in 0..40 {
+        if let Some(p) = list.get(Rotation::RoundRobin, b"") {
+            p.ok();
+        }
+    }
+    let ups = list.upstreams();
+    assert_eq!(ups.len(), last.count_ones() as usize);
+    assert_eq!(
+        list.alive_count(),
+        ups.iter().filter(|u| u.is_alive()).count()
+    );
+    assert_eq!(list.alive_count(), ups.len(), "{ups:?}");
+    for up in ups.iter().chain(seen.lock().unwrap().iter()) {
+        assert_eq!(up.inflight(), 0, "{} leaked in-flight picks", up.name());
+    }
+    let balance = balance.lock().unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let want = i64::from(last & (1 << i) != 0);
+        assert_eq!(balance.get(name).copied().unwrap_or(0), want, "{name}");
+    }
+}
+
 #[test]
 fn list_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
