@@ -330,6 +330,9 @@ async fn first_answer(
     // The answer clock runs from the client's latest bytes (the replay counts), so a client
     // that says nothing never makes a healthy backend look dead; that is the idle timer's.
     let mut answer_from = (!sent.is_empty() || *client_done).then_some(start);
+    // One timer for the whole wait, moved when the deadline moves.
+    let timer = tokio::time::sleep_until((start + timers.idle).into());
+    tokio::pin!(timer);
     loop {
         if sent.len() >= REPLAY_LIMIT {
             // Too much to keep for a replay: commit to this backend.
@@ -341,8 +344,12 @@ async fn first_answer(
             Some(at) if at < idle_at => (at, First::NoAnswer),
             _ => (idle_at, First::Idle),
         };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
-            () = tokio::time::sleep_until(deadline.into()) => return on_expiry,
+            () = &mut timer => return on_expiry,
             read = backend.read(&mut from_backend) => match read {
                 // A client that already left and a backend that then hangs up: nothing failed.
                 Ok(0) | Err(_) if *client_done => return First::ClientGone,
@@ -385,10 +392,12 @@ async fn relay(
     client_done: bool,
     idle: Duration,
 ) -> (u64, u64, bool) {
-    let epoch = Instant::now();
+    // The same moment on both clocks: `Watched` notes activity on the coarse one, the timer
+    // runs on the precise one (so it may fire up to a tick early).
+    let (epoch, coarse_epoch) = (Instant::now(), coarsetime::Instant::now());
     let last = AtomicU64::new(0);
-    let mut c = Watched::new(client, &last, epoch);
-    let mut b = Watched::new(backend, &last, epoch);
+    let mut c = Watched::new(client, &last, coarse_epoch);
+    let mut b = Watched::new(backend, &last, coarse_epoch);
     let idle_closed = {
         let copy = async {
             // An I/O error (a reset) ends the session like its end: nothing to retry any more.
@@ -415,17 +424,18 @@ async fn relay(
     (c.read, b.read, idle_closed)
 }
 
-/// A stream that notes when it last delivered bytes (microseconds since `epoch`), for the
-/// idle timer of [`relay`].
+/// A stream that notes when it last delivered bytes (microseconds since `epoch`, on the
+/// coarse clock: a read of it costs ≈ 5 ns, the idle timer needs no finer than a tick), for
+/// the idle timer of [`relay`].
 struct Watched<'a> {
     inner: &'a mut TcpStream,
     last: &'a AtomicU64,
-    epoch: Instant,
+    epoch: coarsetime::Instant,
     read: u64,
 }
 
 impl<'a> Watched<'a> {
-    fn new(inner: &'a mut TcpStream, last: &'a AtomicU64, epoch: Instant) -> Self {
+    fn new(inner: &'a mut TcpStream, last: &'a AtomicU64, epoch: coarsetime::Instant) -> Self {
         Self {
             inner,
             last,
@@ -446,7 +456,9 @@ impl tokio::io::AsyncRead for Watched<'_> {
         let got = buf.filled().len() - before;
         if got > 0 {
             self.read += got as u64;
-            let micros = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let micros = coarsetime::Instant::now()
+                .duration_since(self.epoch)
+                .as_micros();
             // Relaxed: the idle timer only compares two readings of it.
             self.last.store(micros, Ordering::Relaxed);
         }
