@@ -37,12 +37,14 @@
 //! `Snapshot::select` including XXH3 of a 32-byte key (≈ 2 ns), flat from 4 to 256
 //! upstreams; one hash, one table read and one compare in the common case; the expected
 //! number of probes is `1 / (accept rate × selectable share)` (≈ 40–43 ns with 90 % of
-//! N = 10…1000 offline, each probe testing one bit of the snapshot's down-bitmap). Build: O(M log M). Memory: 2 bytes per slot while the list has at
-//! most 65 536 members (4 beyond), plus 20 bytes per member.
+//! N = 10…1000 offline, each probe testing one bit of the snapshot's down-bitmap).
+//! Build: O(M log M). Memory: 2 bytes per slot while the list has at most 65 536 members
+//! (4 beyond), plus 20 bytes per member.
 //!
 //! # Concurrency
-//! The table is immutable; health is read from each member's own atomic state word, so a
-//! health change never touches the table.
+//! The table is immutable; health comes from the caller's `accept` (nothing while all are
+//! alive, else the snapshot's down-bitmap, see `select::down`), so a health change never
+//! touches the table.
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
