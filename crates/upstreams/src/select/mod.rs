@@ -2,7 +2,9 @@
 //!
 //! A `Members` snapshot holds the configured upstreams and everything precomputed from
 //! them (round-robin schedule, priority order, hash tables). It is immutable and rebuilt
-//! only when membership changes; health is read from each upstream's own atomic state.
+//! only when membership changes, never on a health change: picks test nothing while every
+//! upstream is alive, and otherwise read the snapshot's down-bitmap (`down`), which follows
+//! each upstream's own atomic state.
 
 pub(crate) mod balanced;
 pub(crate) mod down;
@@ -155,7 +157,11 @@ impl Members {
             return None;
         }
         if alive >= n {
-            return self.select_by(rotation, key, except, shared, true, |i| Some(i) != except);
+            // Everything healthy: no health test at all, only the exclusion if there is one.
+            return match except {
+                None => self.select_by(rotation, key, shared, |_| true),
+                Some(e) => self.select_by(rotation, key, shared, move |i| i != e),
+            };
         }
         self.select_degraded(rotation, key, except, shared)
     }
@@ -177,11 +183,11 @@ impl Members {
             // compare-and-swap is landing right now, which a read of the state words could
             // miss as well (the pick then happened just before it).
             let ok = |i: usize| Some(i) != except && bits.is_up(i);
-            return self.select_by(rotation, key, except, shared, false, ok);
+            return self.select_by(rotation, key, shared, ok);
         }
         let ups = &self.upstreams;
         let ok = |i: usize| Some(i) != except && ups[i].is_alive();
-        self.select_by(rotation, key, except, shared, false, ok)
+        self.select_by(rotation, key, shared, ok)
     }
 
     /// [`Members::select`] with `ok` telling which members may be picked.
@@ -190,9 +196,7 @@ impl Members {
         &self,
         rotation: Rotation,
         key: &[u8],
-        except: Option<usize>,
         shared: &Shared,
-        all_alive: bool,
         ok: impl Fn(usize) -> bool + Copy,
     ) -> Option<usize> {
         let ups = &self.upstreams;
@@ -200,10 +204,6 @@ impl Members {
             Rotation::Hashed if !key.is_empty() => {
                 return match shared.limits.hash_mode {
                     HashMode::RspamdRing => self.ring().lookup(key, ok),
-                    // Everything healthy and nothing excluded: no per-probe health check.
-                    _ if all_alive && except.is_none() => {
-                        self.balanced.lookup(balanced::key_hash(key), |_| true)
-                    }
                     _ => self.balanced.lookup(balanced::key_hash(key), ok),
                 };
             }
@@ -214,10 +214,6 @@ impl Members {
         let ramp = Ramp::new(shared);
         match rotation {
             Rotation::P2c => self.p2c(ok, shared, &ramp),
-            // Everything healthy and nothing excluded: the schedule's next member as it is.
-            _ if ramp.window == 0 && all_alive && except.is_none() => {
-                self.weighted_pick(rotation, |_| true, shared)
-            }
             _ if ramp.window == 0 => self.weighted_pick(rotation, ok, shared),
             _ => {
                 // Slow start: ramping members are accepted in proportion to their factor;
