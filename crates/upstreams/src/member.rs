@@ -2,8 +2,6 @@
 //! and published with one atomic swap; upstreams that stay keep their health.
 
 use crate::sync::Ordering;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::event::Event;
@@ -181,23 +179,16 @@ impl UpstreamList {
         let mut used = vec![false; current.upstreams.len()];
         let mut srv_used = vec![false; old_entries.len()];
         let mut next: Vec<Arc<Upstream>> = Vec::with_capacity(definition.entries().len());
-        // Configured (non-SRV) members by entry, in order, so each new entry finds the first
-        // unused equal one without a scan (duplicates pair up in configuration order).
-        let mut by_entry: HashMap<u64, Vec<usize>, BuildHasherDefault<NameHash>> =
-            HashMap::with_capacity_and_hasher(current.upstreams.len(), Default::default());
-        for (i, up) in current.upstreams.iter().enumerate().rev() {
-            if configured(up) {
-                by_entry.entry(name_hash(up.name())).or_default().push(i);
-            }
-        }
-        // The first unused member with an equal entry (same name, different weight: not it).
-        let mut take = |entry: &Entry| {
-            let queue = by_entry.get_mut(&name_hash(entry.name()))?;
-            let at = queue
-                .iter()
-                .rposition(|&i| current.upstreams[i].entry() == entry)?;
-            Some(queue.remove(at))
-        };
+        // Configured (non-SRV) members sorted by name hash, then configuration order, so each
+        // new entry finds the first unused equal one without scanning them all.
+        let mut by_name: Vec<(u64, usize)> = current
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter(|(_, up)| configured(up))
+            .map(|(i, up)| (name_hash(up.name()), i))
+            .collect();
+        by_name.sort_unstable();
         for (group, entry) in definition.entries().iter().enumerate() {
             if is_srv(entry) {
                 let old =
@@ -214,7 +205,10 @@ impl UpstreamList {
                     }
                     continue;
                 }
-            } else if let Some(i) = take(entry) {
+            } else if let Some(i) = same_name(&by_name, entry.name()).find(|&i| {
+                // Same name, different weight or port: not it.
+                !used[i] && current.upstreams[i].entry() == entry
+            }) {
                 used[i] = true;
                 current.upstreams[i].set_group(group);
                 next.push(Arc::clone(&current.upstreams[i]));
@@ -247,22 +241,12 @@ fn name_hash(name: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(name.as_bytes())
 }
 
-/// The keys are already hashes: pass them through.
-#[derive(Default)]
-struct NameHash(u64);
-
-impl Hasher for NameHash {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
+/// The members of `sorted` (name hash, index) whose name hashes like `name`, in index order.
+fn same_name<'a>(sorted: &'a [(u64, usize)], name: &str) -> impl Iterator<Item = usize> + 'a {
+    let h = name_hash(name);
+    let start = sorted.partition_point(|&(k, _)| k < h);
+    sorted[start..]
+        .iter()
+        .take_while(move |&&(k, _)| k == h)
+        .map(|&(_, i)| i)
 }
