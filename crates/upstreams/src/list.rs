@@ -4,8 +4,6 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::Arc;
-
-use crate::sync::{AtomicU64, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -16,6 +14,7 @@ use crate::health::{self, Rng};
 use crate::limits::Limits;
 use crate::parse::Definition;
 use crate::select::{Members, Rotation};
+use crate::sync::{AtomicU64, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::upstream::{FailKind, Upstream};
 use crate::Error;
 

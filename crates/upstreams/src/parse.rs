@@ -229,19 +229,18 @@ pub(crate) fn write_definition<'a>(
     if let Some(rotation) = rotation {
         write!(f, "{}:", rotation.prefix())?;
     }
-    for (i, entry) in entries.enumerate() {
-        if i > 0 {
-            f.write_str(",")?;
-            write!(f, "{entry}")?;
-            continue;
-        }
-        let first = entry.to_string();
+    let mut entries = entries;
+    if let Some(first) = entries.next() {
+        let first = first.to_string();
         // A first entry such as the host `round-robin` with port 8 would read back as a
         // prefix: a leading separator keeps it an entry.
         if rotation.is_none() && split_prefix(&first).0.is_some() {
             f.write_str(",")?;
         }
         f.write_str(&first)?;
+    }
+    for entry in entries {
+        write!(f, ",{entry}")?;
     }
     Ok(())
 }

@@ -7,9 +7,9 @@
 //!    wins, first in configuration order on ties, and pays back the total), so 5,1,1
 //!    gives `a a b a c a a`. Very long cycles (more than 2^26 steps of work) are laid out
 //!    by earliest virtual deadline instead, in O(L log N), with the same per-cycle counts.
-//! 3. A pick reads a cursor, walks the schedule to the first selectable member and
-//!    stores the position after it. Skipping offline members
-//!    does not consume the cursor, so the others keep their exact ratio. There are 8
+//! 3. A pick reads a cursor, walks the schedule to the first selectable member and stores
+//!    the position after it. Skipping offline members does not consume the cursor, so the
+//!    others keep their exact ratio. There are 8
 //!    cursors on separate cache lines and each thread uses one (assigned round-robin at its
 //!    first pick): one thread sees nginx's exact sequence; several threads each walk their
 //!    own copy of the cycle, so the counts stay exact per cycle of each thread and two cores
