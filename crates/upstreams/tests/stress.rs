@@ -13,6 +13,27 @@ use std::time::Duration;
 
 use upstreams::{Event, Events, FailKind, Rotation, State};
 
+/// Per upstream name, starting from `start`: +1 on every `online`, −1 on every `offline`;
+/// and the number of those events.
+fn watch_balance(
+    list: &upstreams::UpstreamList,
+    start: HashMap<String, i64>,
+) -> (Arc<Mutex<HashMap<String, i64>>>, Arc<AtomicI64>) {
+    let balance = Arc::new(Mutex::new(start));
+    let transitions = Arc::new(AtomicI64::new(0));
+    let (sink, count) = (balance.clone(), transitions.clone());
+    let events: Events = [Event::Online, Event::Offline].into_iter().collect();
+    list.add_watcher(events, move |event, up, _| {
+        *sink
+            .lock()
+            .unwrap()
+            .entry(up.name().to_owned())
+            .or_insert(0) += if event == Event::Online { 1 } else { -1 };
+        count.fetch_add(1, Ordering::SeqCst);
+    });
+    (balance, transitions)
+}
+
 #[test]
 fn stress_transitions_are_reported_exactly_once() {
     let limits = common::exact()
@@ -27,19 +48,7 @@ fn stress_transitions_are_reported_exactly_once() {
     // each must end at 0: a transition reported twice (or lost) leaves it off balance.
     // (Events of two racing transitions may reach watchers in either order, so the running
     // balance is not checked.)
-    let balance: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
-    let transitions = Arc::new(AtomicI64::new(0));
-    {
-        let balance = balance.clone();
-        let transitions = transitions.clone();
-        let events: Events = [Event::Online, Event::Offline].into_iter().collect();
-        list.add_watcher(events, move |event, up, _| {
-            let mut b = balance.lock().unwrap();
-            *b.entry(up.name().to_owned()).or_insert(0) +=
-                if event == Event::Online { 1 } else { -1 };
-            transitions.fetch_add(1, Ordering::SeqCst);
-        });
-    }
+    let (balance, transitions) = watch_balance(&list, HashMap::new());
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let list = list.clone();
@@ -118,23 +127,12 @@ fn stress_membership_changes_under_picks() {
     let first = 0b0011_1111;
     let (list, clock) = common::list(&definition(first).to_string(), limits);
     let list = Arc::new(list);
-    let balance: Arc<Mutex<HashMap<String, i64>>> = Arc::new(Mutex::new(
-        list.upstreams()
-            .iter()
-            .map(|u| (u.name().to_owned(), 1))
-            .collect(),
-    ));
-    {
-        let balance = balance.clone();
-        let events: Events = [Event::Online, Event::Offline].into_iter().collect();
-        list.add_watcher(events, move |event, up, _| {
-            *balance
-                .lock()
-                .unwrap()
-                .entry(up.name().to_owned())
-                .or_insert(0) += if event == Event::Online { 1 } else { -1 };
-        });
-    }
+    let start = list
+        .upstreams()
+        .iter()
+        .map(|u| (u.name().to_owned(), 1))
+        .collect();
+    let (balance, _) = watch_balance(&list, start);
     let seen: Arc<Mutex<Vec<Arc<upstreams::Upstream>>>> = Arc::default();
     let pickers: Vec<_> = (0..3)
         .map(|t| {
