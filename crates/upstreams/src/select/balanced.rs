@@ -36,7 +36,7 @@
 //! Pick (measured, `cargo bench -p upstreams --bench pick`, 2026-12-02): ≈ 4.5 ns per
 //! `Snapshot::select` including XXH3 of a 32-byte key (≈ 2 ns), flat from 4 to 256
 //! upstreams; one hash, one table read and one compare in the common case; the expected
-//! number of probes is `1 / (accept rate × selectable share)` (≈ 40–43 ns with 90 % of
+//! number of probes is `1 / (accept rate × selectable share)` (≈ 36–43 ns with 90 % of
 //! N = 10…1000 offline, each probe testing one bit of the snapshot's down-bitmap).
 //! Build: O(M log M). Memory: 2 bytes per slot while the list has at most 65 536 members
 //! (4 beyond), plus 20 bytes per member.
