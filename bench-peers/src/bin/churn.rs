@@ -5,6 +5,10 @@
 //! wins a slot, empty slots inherit the next claimed one). Thinning makes every fill's shares
 //! exact; the table prints what that costs in probes and in keys moved.
 //!
+//! A second table grows the Maglev fill's slot count (2^14…2^17) and counts, besides keys,
+//! the slots of members that stay whose owner changed: whether the fill's cascade or the
+//! thinning moves the keys, and whether a larger table cures it.
+//!
 //! `cargo run --release --manifest-path bench-peers/Cargo.toml --bin churn`
 
 use std::time::Instant;
@@ -151,6 +155,71 @@ fn darts(ids: &[u64], m: usize, per: u64) -> Vec<u32> {
     owners
 }
 
+/// `n` member names and the same list without the middle one.
+fn memberships(n: usize) -> (Vec<String>, Vec<String>) {
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("10.0.{}.{}:11333", i / 256, i % 256))
+        .collect();
+    let kept = names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != n / 2)
+        .map(|(_, s)| s.clone())
+        .collect();
+    (names, kept)
+}
+
+/// Index in the full list of member `y` of the list without the middle one.
+fn unshift(y: usize, n: usize) -> usize {
+    if y >= n / 2 {
+        y + 1
+    } else {
+        y
+    }
+}
+
+/// Keys moved when the middle member is removed, and the keys it held (the ideal).
+fn moved(a: &Table, b: &Table, keys: &[u64], n: usize) -> (usize, usize) {
+    let (mut moved, mut ideal) = (0, 0);
+    for &h in keys {
+        let x = a.lookup(h).0;
+        if x == n / 2 {
+            ideal += 1;
+        }
+        if x != unshift(b.lookup(h).0, n) {
+            moved += 1;
+        }
+    }
+    (moved, ideal)
+}
+
+fn table_sizes(keys: &[u64]) {
+    println!();
+    println!("| N | slots | slots of the removed member | other slots changed | keys moved | ideal | ratio | build ms |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for n in [10usize, 100, 1000] {
+        let (names, kept) = memberships(n);
+        for bits in 14..=17 {
+            let t0 = Instant::now();
+            let a = Table::build(Fill::Maglev, &names, bits);
+            let build = t0.elapsed().as_secs_f64() * 1e3;
+            let b = Table::build(Fill::Maglev, &kept, bits);
+            let own = a.owners.iter().filter(|&&x| x as usize == n / 2).count();
+            let changed = a
+                .owners
+                .iter()
+                .zip(&b.owners)
+                .filter(|(&x, &y)| x as usize != n / 2 && x as usize != unshift(y as usize, n))
+                .count();
+            let (moved, ideal) = moved(&a, &b, keys, n);
+            println!(
+                "| {n} | 2^{bits} | {own} | {changed} | {moved} | {ideal} | {:.2} | {build:.2} |",
+                moved as f64 / ideal.max(1) as f64
+            );
+        }
+    }
+}
+
 fn main() {
     let keys: Vec<u64> = (0..1_000_000u64)
         .map(|i| xxh3_64_with_seed(format!("key-{i}-padding-to-32-bytes....").as_bytes(), 7))
@@ -158,15 +227,7 @@ fn main() {
     println!("| fill | N | slots | peak/avg | mean probes | keys moved on removal | ideal | ratio | build ms |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for n in [10usize, 100, 1000] {
-        let names: Vec<String> = (0..n)
-            .map(|i| format!("10.0.{}.{}:11333", i / 256, i % 256))
-            .collect();
-        let kept: Vec<String> = names
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != n / 2)
-            .map(|(_, s)| s.clone())
-            .collect();
+        let (names, kept) = memberships(n);
         for fill in [
             Fill::Maglev,
             Fill::Rendezvous,
@@ -184,22 +245,14 @@ fn main() {
             let a = Table::build(fill, &names, bits);
             let build = t0.elapsed().as_secs_f64() * 1e3;
             let b = Table::build(fill, &kept, bits);
-            let (mut moved, mut ideal, mut probes) = (0usize, 0usize, 0u64);
+            let mut probes = 0u64;
             let mut load = vec![0usize; n];
             for &h in &keys {
                 let (x, p) = a.lookup(h);
                 probes += p;
                 load[x] += 1;
-                let (y, _) = b.lookup(h);
-                // Members after the removed one shift down by one in `kept`.
-                let y = if y >= n / 2 { y + 1 } else { y };
-                if x == n / 2 {
-                    ideal += 1;
-                }
-                if x != y {
-                    moved += 1;
-                }
             }
+            let (moved, ideal) = moved(&a, &b, &keys, n);
             let peak = *load.iter().max().unwrap() as f64 / (keys.len() as f64 / n as f64);
             let label = match fill {
                 Fill::Maglev => "maglev (balanced today)".to_owned(),
@@ -213,4 +266,5 @@ fn main() {
             );
         }
     }
+    table_sizes(&keys);
 }

@@ -12,12 +12,18 @@ use std::time::Duration;
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Time elapsed since this clock's epoch; never decreases.
     fn now(&self) -> Duration;
+
+    /// [`now`](Clock::now) in nanoseconds (saturating); override it when the clock can
+    /// answer without building a `Duration`.
+    fn now_nanos(&self) -> u64 {
+        duration_to_nanos(self.now())
+    }
 }
 
 /// The process's monotonic clock, with its epoch at construction.
 ///
 /// It reads the kernel's coarse monotonic clock (`CLOCK_MONOTONIC_COARSE` on Linux,
-/// through `coarsetime`): about 5 ns a read here against 24 ns for `std::time::Instant`, at
+/// through `coarsetime`): about 3.6 ns a read here against 22 ns for `std::time::Instant`, at
 /// the price of a resolution of one scheduler tick (1–4 ms). Every duration the core keeps
 /// (error windows, revive delays, DNS schedules, latency decay) is counted in seconds, and
 /// a pick reads the clock whenever some upstream is offline, so the cheaper read wins.
@@ -41,13 +47,25 @@ impl Default for MonotonicClock {
     }
 }
 
+impl MonotonicClock {
+    /// Nanoseconds since the epoch. The read leaves `coarsetime`'s process-wide "recent"
+    /// cache alone: storing into it on every pick would make every picking thread write one
+    /// shared cache line.
+    #[inline]
+    pub(crate) fn nanos(&self) -> u64 {
+        coarsetime::Instant::now_without_cache_update()
+            .duration_since(self.epoch)
+            .as_nanos()
+    }
+}
+
 impl Clock for MonotonicClock {
     fn now(&self) -> Duration {
-        Duration::from_nanos(
-            coarsetime::Instant::now()
-                .duration_since(self.epoch)
-                .as_nanos(),
-        )
+        Duration::from_nanos(self.nanos())
+    }
+
+    fn now_nanos(&self) -> u64 {
+        self.nanos()
     }
 }
 
@@ -80,7 +98,11 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Duration {
-        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+        Duration::from_nanos(self.now_nanos())
+    }
+
+    fn now_nanos(&self) -> u64 {
+        self.nanos.load(Ordering::Relaxed)
     }
 }
 

@@ -24,7 +24,7 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// `limits.slow_start` in nanoseconds (read by every weighted pick).
     pub(crate) slow_start_ns: u64,
-    clock: Arc<dyn Clock>,
+    clock: TimeSource,
     watchers: Watchers,
     pub(crate) rng: Rng,
     /// Upstreams in `Alive`.
@@ -38,9 +38,27 @@ pub(crate) struct Shared {
     pub(crate) health_epoch: AtomicU64,
 }
 
+/// Where a list's time comes from: the process's monotonic clock, read inline (a pick reads
+/// it whenever some upstream is offline), or an injected clock behind a virtual call.
+enum TimeSource {
+    Monotonic(MonotonicClock),
+    Injected(Arc<dyn Clock>),
+}
+
 impl Shared {
+    #[inline]
     pub(crate) fn now_ns(&self) -> u64 {
-        health::nanos(self.clock.now())
+        match &self.clock {
+            TimeSource::Monotonic(clock) => clock.nanos(),
+            TimeSource::Injected(clock) => clock.now_nanos(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Duration {
+        match &self.clock {
+            TimeSource::Monotonic(clock) => clock.now(),
+            TimeSource::Injected(clock) => clock.now(),
+        }
     }
 
     pub(crate) fn member_count(&self) -> usize {
@@ -150,7 +168,11 @@ impl UpstreamList {
 
     /// Builds a list from a parsed definition with the monotonic clock.
     pub fn new(definition: &Definition, limits: Limits) -> Result<Self, Error> {
-        Self::with_clock(definition, limits, Arc::new(MonotonicClock::new()))
+        Self::build(
+            definition,
+            limits,
+            TimeSource::Monotonic(MonotonicClock::new()),
+        )
     }
 
     /// Builds a list whose time comes from `clock` (a manual clock in tests).
@@ -159,6 +181,10 @@ impl UpstreamList {
         limits: Limits,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, Error> {
+        Self::build(definition, limits, TimeSource::Injected(clock))
+    }
+
+    fn build(definition: &Definition, limits: Limits, clock: TimeSource) -> Result<Self, Error> {
         limits.validate()?;
         let entries = definition.entries();
         if entries.len() > crate::select::MAX_MEMBERS {
@@ -224,7 +250,7 @@ impl UpstreamList {
     /// The list's clock reading (what its revive deadlines are measured in); resolver shells
     /// schedule with it so a manual clock drives them too.
     pub fn now(&self) -> Duration {
-        self.shared.clock.now()
+        self.shared.now()
     }
 
     /// The rotation named by the definition's prefix, if any.
@@ -386,15 +412,15 @@ fn maintain(members: &Members, shared: &Shared) -> Option<usize> {
     if shared.offline.load(Ordering::Relaxed) == 0 {
         return None;
     }
-    maintain_slow(members, shared)
-}
-
-#[inline(never)]
-fn maintain_slow(members: &Members, shared: &Shared) -> Option<usize> {
     let now = shared.now_ns();
     if now < shared.next_revive.load(Ordering::SeqCst) {
         return None;
     }
+    revive_due(members, shared, now)
+}
+
+#[inline(never)]
+fn revive_due(members: &Members, shared: &Shared, now: u64) -> Option<usize> {
     // SeqCst: see `Shared::go_offline`.
     shared.next_revive.swap(u64::MAX, Ordering::SeqCst);
     let mut earliest = u64::MAX;

@@ -38,8 +38,8 @@
 //! upstreams; one hash, one table read and one compare in the common case; the expected
 //! number of probes is `1 / (accept rate × selectable share)` (≈ 36–43 ns with 90 % of
 //! N = 10…1000 offline, each probe testing one bit of the snapshot's down-bitmap).
-//! Build: O(M log M). Memory: 2 bytes per slot while the list has at most 65 536 members
-//! (4 beyond), plus 20 bytes per member.
+//! Build: O(M log M). Memory: 1 byte per slot while the list has at most 256 members, 2 up
+//! to 65 536 members (4 beyond), plus 20 bytes per member.
 //!
 //! # Concurrency
 //! The table is immutable; health comes from the caller's `accept` (nothing while all are
@@ -71,10 +71,12 @@ pub(crate) struct Balanced {
     ids: Box<[u64]>,
 }
 
-/// The slot table: two bytes a slot while member indices fit (the common case: 32 KiB at
-/// 2^14 slots, inside L1), four beyond.
+/// The slot table in the narrowest integer that holds every member index: one byte a slot up
+/// to 256 members (16 KiB at 2^14 slots: half of L1, so a lookup chain whose keys also
+/// compete for L1 keeps most of the table there), two up to 65 536, four beyond.
 #[derive(Debug)]
 enum Owners {
+    Tiny(Box<[u8]>),
     Small(Box<[u16]>),
     Large(Box<[u32]>),
 }
@@ -116,7 +118,9 @@ impl Balanced {
         let quotas = quotas(&weights, m);
         let owners = fill(&ids, &quotas, m);
         let thresh = thresholds(&weights, &quotas);
-        let owners = if ids.len() <= usize::from(u16::MAX) + 1 {
+        let owners = if ids.len() <= usize::from(u8::MAX) + 1 {
+            Owners::Tiny(owners.iter().map(|&o| o as u8).collect())
+        } else if ids.len() <= usize::from(u16::MAX) + 1 {
             Owners::Small(owners.iter().map(|&o| o as u16).collect())
         } else {
             Owners::Large(owners.into_boxed_slice())
@@ -134,6 +138,7 @@ impl Balanced {
     #[cfg(test)]
     pub(crate) fn slots(&self) -> usize {
         match &self.owners {
+            Owners::Tiny(t) => t.len(),
             Owners::Small(t) => t.len(),
             Owners::Large(t) => t.len(),
         }
@@ -143,6 +148,7 @@ impl Balanced {
     #[inline]
     pub(crate) fn lookup(&self, h: u64, accept: impl Fn(usize) -> bool) -> Option<usize> {
         match &self.owners {
+            Owners::Tiny(table) => self.probe(table, h, accept),
             Owners::Small(table) => self.probe(table, h, accept),
             Owners::Large(table) => self.probe(table, h, accept),
         }
