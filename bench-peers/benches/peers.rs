@@ -195,6 +195,21 @@ fn rebuild_group(c: &mut Criterion) {
                 list.reconfigure(if flip { &smaller } else { &def })
             });
         });
+        // Weights 1..10: the round-robin cycle is 5.5 × N long.
+        let w = |i: usize| 1 + (i % 10) as u16;
+        let def = upstreams::Definition::parse(&definition(n, Some(&w)), 11333).unwrap();
+        let smaller = upstreams::Definition::parse(&definition(n - 1, Some(&w)), 11333).unwrap();
+        let list = UpstreamList::new(&def, Limits::default()).unwrap();
+        group.bench_with_input(
+            BenchmarkId::new("upstreams-reconfigure-weighted", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    flip = !flip;
+                    list.reconfigure(if flip { &smaller } else { &def })
+                });
+            },
+        );
         group.bench_with_input(
             BenchmarkId::new("pingora-consistent-build", n),
             &n,
