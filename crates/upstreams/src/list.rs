@@ -29,6 +29,9 @@ pub(crate) struct Shared {
     pub(crate) rng: Rng,
     /// Upstreams in `Alive`.
     pub(crate) alive: AtomicUsize,
+    /// Bumped at every membership snapshot published; a snapshot remembers its own, so a
+    /// pick can tell that `alive` counts this snapshot's members (see `Members::select`).
+    pub(crate) generation: AtomicU64,
     /// Upstreams in `Offline` or `Probing`.
     pub(crate) offline: AtomicUsize,
     members: AtomicUsize,
@@ -197,6 +200,7 @@ impl UpstreamList {
             clock,
             watchers: Watchers::default(),
             alive: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
             offline: AtomicUsize::new(0),
             members: AtomicUsize::new(entries.len()),
             next_revive: AtomicU64::new(u64::MAX),
@@ -243,7 +247,10 @@ impl UpstreamList {
     }
 
     /// Publishes a new membership snapshot (one atomic swap).
-    pub(crate) fn publish(&self, members: Members) {
+    pub(crate) fn publish(&self, mut members: Members) {
+        // Relaxed: only compared for equality by picks; a pick that races a publish may see
+        // either value, as it may load either snapshot.
+        members.generation = self.shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.members.store(Arc::new(members));
     }
 

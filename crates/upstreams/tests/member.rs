@@ -175,3 +175,38 @@ fn reconfigure_keeps_health_of_upstreams_that_stay() {
     assert_eq!(change.added, ["u.example:8"]);
     assert_eq!(change.removed, ["t.example:7"]);
 }
+
+#[test]
+fn a_snapshot_held_across_a_reload_never_picks_a_drained_member() {
+    // The reload adds more members than it drains, so the list-wide alive count alone would
+    // say "everything in this old snapshot is alive".
+    let (l, _) = list("127.0.0.1,127.0.0.2", exact());
+    let old = l.snapshot();
+    let def =
+        upstreams::Definition::parse("127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5", 11333).unwrap();
+    let change = l.reconfigure(&def);
+    assert_eq!(change.removed, ["127.0.0.1"]);
+    assert_eq!(l.alive_count(), 4);
+    for rotation in [
+        Rotation::RoundRobin,
+        Rotation::Random,
+        Rotation::MasterSlave,
+        Rotation::Hashed,
+        Rotation::Sequential,
+        Rotation::P2c,
+    ] {
+        // Sequential answers nothing after running off the end (SPEC.md), then starts over.
+        let mut picks = 0;
+        for k in 0..64u32 {
+            if let Some(picked) = old.select(rotation, &k.to_le_bytes()) {
+                assert_eq!(
+                    picked.name(),
+                    "127.0.0.2",
+                    "{rotation:?} picked a drained member"
+                );
+                picks += 1;
+            }
+        }
+        assert!(picks >= 32, "{rotation:?}: {picks} picks");
+    }
+}

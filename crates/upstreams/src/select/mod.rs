@@ -103,6 +103,8 @@ pub(crate) struct Members {
     sequence: AtomicUsize,
     weighted: bool,
     down: down::DownBits,
+    /// The list's membership generation when this snapshot was published.
+    pub(crate) generation: u64,
 }
 
 impl Members {
@@ -133,6 +135,7 @@ impl Members {
             sequence: AtomicUsize::new(0),
             down: down::DownBits::new(upstreams.len()),
             weighted: weights.iter().any(|&w| w > 0),
+            generation: 0,
             upstreams: upstreams.into_boxed_slice(),
         }
     }
@@ -156,7 +159,10 @@ impl Members {
         if alive == 0 {
             return None;
         }
-        if alive >= n {
+        // `alive` counts the members of the current snapshot: it vouches for this one only
+        // while this one is current (a snapshot held across a reload may hold drained
+        // members, and the reload may have added more than it drained).
+        if alive >= n && shared.generation.load(Ordering::Relaxed) == self.generation {
             // Everything healthy: no health test at all, only the exclusion if there is one.
             return match except {
                 None => self.select_by(rotation, key, shared, |_| true),
