@@ -3,17 +3,22 @@
 //!
 //! # Algorithm
 //! 1. Each member gets an identity hash from its name (and its ordinal among duplicates)
-//!    and a slot quota proportional to its weight (`max(weight, 1)`), at least one slot.
+//!    and a slot quota `⌊M × weight / total⌋` (weights `max(weight, 1)`), at least one slot;
+//!    the slots the rounding leaves over stay unowned ("holes", at most one per member).
 //! 2. A table of `M` slots (`M = 16 × next_pow2(total weight)`, clamped to 2^14..=2^22) is
-//!    filled Maglev-style: members take turns claiming the next free slot of their own
-//!    permutation `offset + i × skip (mod M)` until their quota is met. Built once per
+//!    filled by deferred acceptance: members propose to the slots of their own Maglev
+//!    permutation `offset + i × skip (mod M)`, a slot keeps the proposer that lists it
+//!    earliest, and the one it drops proposes on, until every quota is met (the unique
+//!    member-optimal stable matching: a function of the membership alone). Built once per
 //!    membership change, off the pick path.
 //! 3. Quotas are integers, so shares would be off by up to one slot. *Thinning* makes them
 //!    exact: member `j` accepts a probe with probability `p_j = (w_j / t_j) / max_k(w_k / t_k)`
-//!    (`t_j` = its slots), decided by 32 further bits of the probe hash.
+//!    (`t_j` = its slots), decided by 32 further bits of the probe hash. With equal weights
+//!    every `p_j` is 1.
 //! 4. A key hashes (XXH3, fixed seed) to `h`; probe `i` uses `h` for `i = 0` and
 //!    `mix(h + i·φ)` after. The slot is the probe's top bits (multiply-high by a power of
-//!    two). The first probe whose owner is selectable and accepts wins.
+//!    two). The first probe that lands on a member that is selectable and accepts wins; a
+//!    hole passes the key on like a refusing member.
 //! 5. After 64 probes, a weighted rendezvous hash (integer fixed-point `−log2`) over the
 //!    selectable members decides, so even a mostly-offline pool answers in bounded time.
 //!
@@ -33,10 +38,10 @@
 //! keys (test `balanced_shares_follow_weights`).
 //!
 //! # Complexity
-//! Pick (measured, `cargo bench -p upstreams --bench pick`, 2026-12-02): ≈ 4.5 ns per
-//! `Snapshot::select` including XXH3 of a 32-byte key (≈ 2 ns), flat from 4 to 256
-//! upstreams; one hash, one table read and one compare in the common case; the expected
-//! number of probes is `1 / (accept rate × selectable share)` (≈ 36–43 ns with 90 % of
+//! Pick (measured, `cargo bench -p upstreams --bench pick`, 2026-12-02): 4.6–5.2 ns per
+//! `Snapshot::select` including XXH3 of a 32-byte key (≈ 2 ns), N = 10…1000; one hash, one
+//! table read and one compare in the common case; 9–11 ns as a dependent chain; the expected
+//! number of probes is `1 / (accept rate × selectable share)` (32–36 ns with 90 % of
 //! N = 10…1000 offline, each probe testing one bit of the snapshot's down-bitmap).
 //! Build: O(M log M). Memory: 1 byte per slot while the list has at most 256 members, 2 up
 //! to 65 536 members (4 beyond), plus 20 bytes per member.
@@ -118,10 +123,21 @@ impl Balanced {
         let quotas = quotas(&weights, m);
         let owners = fill(&ids, &quotas, m);
         let thresh = thresholds(&weights, &quotas);
-        let owners = if ids.len() <= usize::from(u8::MAX) + 1 {
-            Owners::Tiny(owners.iter().map(|&o| o as u8).collect())
-        } else if ids.len() <= usize::from(u16::MAX) + 1 {
-            Owners::Small(owners.iter().map(|&o| o as u16).collect())
+        // A hole is stored as the type's largest value, one past the last member index.
+        let owners = if ids.len() <= usize::from(u8::MAX) {
+            Owners::Tiny(
+                owners
+                    .iter()
+                    .map(|&o| o.min(u32::from(u8::MAX)) as u8)
+                    .collect(),
+            )
+        } else if ids.len() <= usize::from(u16::MAX) {
+            Owners::Small(
+                owners
+                    .iter()
+                    .map(|&o| o.min(u32::from(u16::MAX)) as u16)
+                    .collect(),
+            )
         } else {
             Owners::Large(owners.into_boxed_slice())
         };
@@ -164,7 +180,8 @@ impl Balanced {
         // The common case, one table read and one compare, stays inline; the rest of the
         // probe sequence is out of line.
         let owner = (*table.get((h >> self.shift) as usize)?).into() as usize;
-        if h as u32 <= self.thresh[owner] && accept(owner) {
+        // A hole has no threshold: `get` answers `None` and the key probes on.
+        if self.thresh.get(owner).is_some_and(|&t| h as u32 <= t) && accept(owner) {
             return Some(owner);
         }
         self.probe_on(table, h, accept)
@@ -180,8 +197,9 @@ impl Balanced {
         for i in 1..PROBES {
             let x = mix64(h.wrapping_add(i.wrapping_mul(STEP)));
             let owner = table[(x >> self.shift) as usize].into() as usize;
-            // Health first: past the first probe, a refused member is the likely case.
-            if accept(owner) && x as u32 <= self.thresh[owner] {
+            // Holes first (no member to ask), then health: past the first probe, a refused
+            // member is the likely case.
+            if owner < self.thresh.len() && accept(owner) && x as u32 <= self.thresh[owner] {
                 return Some(owner);
             }
         }
@@ -212,7 +230,11 @@ impl Balanced {
     }
 }
 
-/// Slot counts proportional to the weights, each at least 1, summing to `m`.
+/// Slot counts: `⌊m × weight / total⌋`, at least 1, summing to at most `m`. The slots left
+/// over stay unowned (holes: a key that lands on one goes on to its next probe). Rounding
+/// down, rather than handing the remainder out, keeps quotas put when a member leaves (at
+/// N = 1000 equal weights, 16 384 / 1000 and 16 384 / 999 both floor to 16), so the members
+/// that stay need no new slots and no new thinning.
 fn quotas(weights: &[u64], m: usize) -> Vec<u64> {
     let total: u128 = weights.iter().map(|&w| u128::from(w)).sum::<u128>().max(1);
     let m128 = m as u128;
@@ -221,21 +243,8 @@ fn quotas(weights: &[u64], m: usize) -> Vec<u64> {
         .map(|&w| ((m128 * u128::from(w) / total) as u64).max(1))
         .collect();
     let mut sum: u64 = q.iter().sum();
-    let m = m as u64;
-    if sum < m {
-        // Largest remainders first, configuration order on ties.
-        let mut order: Vec<usize> = (0..q.len()).collect();
-        order.sort_by_key(|&j| std::cmp::Reverse(m128 * u128::from(weights[j]) % total));
-        for &j in order.iter().cycle() {
-            if sum == m {
-                break;
-            }
-            q[j] += 1;
-            sum += 1;
-        }
-    }
-    while sum > m {
-        // Only when the table is too small for one slot per unit of weight.
+    while sum > m as u64 {
+        // Only when the table is too small for one slot per member.
         let Some(j) = (0..q.len()).filter(|&j| q[j] > 1).max_by_key(|&j| q[j]) else {
             break;
         };
@@ -245,32 +254,58 @@ fn quotas(weights: &[u64], m: usize) -> Vec<u64> {
     q
 }
 
-/// Maglev-style fill: members take turns claiming the next free slot of their permutation.
+/// Marks an unowned slot in the fill's output.
+const HOLE: u32 = u32::MAX;
+
+/// Member-proposing deferred acceptance (Gale–Shapley) over Maglev permutations: each member
+/// proposes to the slots of its permutation `offset + i × skip (mod M)` in order until it
+/// holds its quota; a slot keeps the proposer for which it comes earliest in the permutation
+/// (ties: the smaller identity) and sends the one it drops back to proposing.
+///
+/// The result is the member-optimal stable matching, which is unique: it does not depend on
+/// the order in which members propose, only on the membership. Removing a member frees its
+/// slots; each goes to the member that wanted it most and was turned away, whose last slot
+/// goes on in turn, and a chain stops at a slot nobody else proposed to (a hole). Those chains
+/// are short, where Maglev's turn-taking fill re-deals a claim for every later turn it
+/// perturbs (BENCHMARKS.md: at N = 1000, 1.5 slots of staying members change per freed slot
+/// against 5.4). Cost: like Maglev's fill, about M·ln M proposals.
 fn fill(ids: &[u64], quotas: &[u64], m: usize) -> Vec<u32> {
     let mask = (m - 1) as u64;
     let offset: Vec<u64> = ids.iter().map(|&id| id & mask).collect();
     let skip: Vec<u64> = ids.iter().map(|&id| (mix64(id) | 1) & mask).collect();
-    let mut owners = vec![u32::MAX; m];
+    // Per slot: the holder and the position of the slot in the holder's permutation.
+    let mut owner = vec![HOLE; m];
+    let mut rank = vec![u64::MAX; m];
     let mut next = vec![0u64; ids.len()];
-    let mut left = quotas.to_vec();
-    let mut active: Vec<usize> = (0..ids.len()).filter(|&j| left[j] > 0).collect();
-    let mut filled = 0;
-    while filled < m && !active.is_empty() {
-        for &j in &active {
-            loop {
-                let slot = (offset[j].wrapping_add(next[j].wrapping_mul(skip[j])) & mask) as usize;
-                next[j] += 1;
-                if owners[slot] == u32::MAX {
-                    owners[slot] = j as u32;
-                    break;
+    let mut need = quotas.to_vec();
+    let mut proposing: Vec<usize> = (0..ids.len()).rev().collect();
+    while let Some(j) = proposing.pop() {
+        // `skip` is odd, so the permutation visits every slot once in `m` steps; with at most
+        // `m` slots handed out, some slot always takes `j` before its permutation ends.
+        while need[j] > 0 && next[j] < m as u64 {
+            let pos = next[j];
+            next[j] += 1;
+            let slot = (offset[j].wrapping_add(pos.wrapping_mul(skip[j])) & mask) as usize;
+            let held = owner[slot];
+            // Ties (equal identities: a 64-bit hash collision) go to configuration order.
+            let wins =
+                held == HOLE || (pos, ids[j], j) < (rank[slot], ids[held as usize], held as usize);
+            if !wins {
+                continue;
+            }
+            owner[slot] = j as u32;
+            rank[slot] = pos;
+            need[j] -= 1;
+            if held != HOLE {
+                let h = held as usize;
+                need[h] += 1;
+                if need[h] == 1 {
+                    proposing.push(h);
                 }
             }
-            left[j] -= 1;
-            filled += 1;
         }
-        active.retain(|&j| left[j] > 0);
     }
-    owners
+    owner
 }
 
 /// Per-member acceptance thresholds over 32 bits (thinning, step 3).
@@ -319,10 +354,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quotas_sum_to_table() {
+    fn quotas_round_down_and_fit_the_table() {
         let q = quotas(&[1, 2, 3, 65535], 1 << 14);
-        assert_eq!(q.iter().sum::<u64>(), 1 << 14);
+        assert!(q.iter().sum::<u64>() <= 1 << 14);
         assert!(q.iter().all(|&t| t >= 1));
+        // Equal weights: the floor, the same for 1000 members and for 999.
+        assert_eq!(quotas(&[1; 1000], 1 << 14), vec![16; 1000]);
+        assert_eq!(quotas(&[1; 999], 1 << 14), vec![16; 999]);
+    }
+
+    #[test]
+    fn fill_is_a_function_of_the_membership() {
+        // The same members proposing in another order (listed in reverse) hold the same slots.
+        let ids: Vec<u64> = (0..300u64).map(|i| mix64(i + 1)).collect();
+        let q = quotas(&[1; 300], 1 << 14);
+        let forward = fill(&ids, &q, 1 << 14);
+        let reversed: Vec<u64> = ids.iter().rev().copied().collect();
+        let backward = fill(&reversed, &q, 1 << 14);
+        let unrev = |o: u32| if o == HOLE { HOLE } else { 299 - o };
+        assert!(forward.iter().zip(&backward).all(|(&a, &b)| a == unrev(b)));
+    }
+
+    #[test]
+    fn removing_a_member_moves_few_other_slots() {
+        // BENCHMARKS.md measures keys; here: slots of the members that stay that change owner
+        // when one of 100 leaves, against the slots it held (Maglev's fill: 1.25×).
+        let ids: Vec<u64> = (0..100u64).map(|i| mix64(i + 7)).collect();
+        let m = 1 << 14;
+        let all = fill(&ids, &quotas(&[1; 100], m), m);
+        let mut kept_ids = ids.clone();
+        kept_ids.remove(50);
+        let kept = fill(&kept_ids, &quotas(&[1; 99], m), m);
+        let back = |o: u32| match o {
+            HOLE => HOLE,
+            o if o >= 50 => o + 1,
+            o => o,
+        };
+        let freed = all.iter().filter(|&&o| o == 50).count();
+        let changed = all
+            .iter()
+            .zip(&kept)
+            .filter(|&(&a, &b)| a != 50 && a != back(b))
+            .count();
+        assert!(
+            changed <= freed,
+            "{changed} other slots changed for {freed} freed"
+        );
     }
 
     #[test]
