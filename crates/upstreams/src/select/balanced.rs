@@ -271,33 +271,39 @@ const HOLE: u32 = u32::MAX;
 /// against 5.4). Cost: like Maglev's fill, about M·ln M proposals.
 fn fill(ids: &[u64], quotas: &[u64], m: usize) -> Vec<u32> {
     let mask = (m - 1) as u64;
-    let offset: Vec<u64> = ids.iter().map(|&id| id & mask).collect();
     let skip: Vec<u64> = ids.iter().map(|&id| (mix64(id) | 1) & mask).collect();
-    // Per slot: the holder and the position of the slot in the holder's permutation.
-    let mut owner = vec![HOLE; m];
-    let mut rank = vec![u64::MAX; m];
+    // Per member: the slot its next proposal goes to, and that slot's position in its
+    // permutation.
+    let mut at: Vec<u64> = ids.iter().map(|&id| id & mask).collect();
     let mut next = vec![0u64; ids.len()];
+    // Per slot: `position << 32 | holder` (positions and member indices fit 32 bits), so one
+    // compare ranks two proposers; all ones is a hole.
+    let mut held = vec![u64::MAX; m];
     let mut need = quotas.to_vec();
     let mut proposing: Vec<usize> = (0..ids.len()).rev().collect();
     while let Some(j) = proposing.pop() {
         // `skip` is odd, so the permutation visits every slot once in `m` steps; with at most
         // `m` slots handed out, some slot always takes `j` before its permutation ends.
         while need[j] > 0 && next[j] < m as u64 {
-            let pos = next[j];
+            let slot = at[j] as usize;
+            let mine = next[j] << 32 | j as u64;
+            at[j] = (at[j] + skip[j]) & mask;
             next[j] += 1;
-            let slot = (offset[j].wrapping_add(pos.wrapping_mul(skip[j])) & mask) as usize;
-            let held = owner[slot];
-            // Ties (equal identities: a 64-bit hash collision) go to configuration order.
-            let wins =
-                held == HOLE || (pos, ids[j], j) < (rank[slot], ids[held as usize], held as usize);
+            let theirs = held[slot];
+            let wins = mine >> 32 < theirs >> 32
+                || (mine >> 32 == theirs >> 32 && {
+                    // Same position (rare): the smaller identity, then configuration order
+                    // (equal identities are a 64-bit hash collision).
+                    let h = (theirs & 0xffff_ffff) as usize;
+                    (ids[j], j) < (ids[h], h)
+                });
             if !wins {
                 continue;
             }
-            owner[slot] = j as u32;
-            rank[slot] = pos;
+            held[slot] = mine;
             need[j] -= 1;
-            if held != HOLE {
-                let h = held as usize;
+            if theirs != u64::MAX {
+                let h = (theirs & 0xffff_ffff) as usize;
                 need[h] += 1;
                 if need[h] == 1 {
                     proposing.push(h);
@@ -305,7 +311,9 @@ fn fill(ids: &[u64], quotas: &[u64], m: usize) -> Vec<u32> {
             }
         }
     }
-    owner
+    held.iter()
+        .map(|&x| if x == u64::MAX { HOLE } else { x as u32 })
+        .collect()
 }
 
 /// Per-member acceptance thresholds over 32 bits (thinning, step 3).
