@@ -262,19 +262,54 @@ fn quotas(weights: &[u64], m: usize) -> Vec<u64> {
 /// Marks an unowned slot in the fill's output.
 const HOLE: u32 = u32::MAX;
 
-/// Member-proposing deferred acceptance (Gale–Shapley) over Maglev permutations: each member
-/// proposes to the slots of its permutation `offset + i × skip (mod M)` in order until it
-/// holds its quota; a slot keeps the proposer for which it comes earliest in the permutation
-/// (ties: the smaller identity) and sends the one it drops back to proposing.
+/// The stable matching of members and slots when both sides rank a pair by the slot's
+/// position in the member's Maglev permutation `offset + i × skip (mod M)`: a member prefers
+/// the slots it lists earlier, a slot the members that list it earlier (ties: the smaller
+/// identity, then configuration order).
 ///
-/// The result is the member-optimal stable matching, which is unique: it does not depend on
-/// the order in which members propose, only on the membership. Removing a member frees its
-/// slots; each goes to the member that wanted it most and was turned away, whose last slot
-/// goes on in turn, and a chain stops at a slot nobody else proposed to (a hole). Those chains
-/// are short, where Maglev's turn-taking fill re-deals a claim for every later turn it
-/// perturbs (BENCHMARKS.md: at N = 1000, 1.5 slots of staying members change per freed slot
-/// against 5.4). Cost: like Maglev's fill, about M·ln M proposals.
+/// Both sides rank pairs by one score, so the stable matching is unique (member-proposing
+/// deferred acceptance finds the same one: the test oracle `deferred_acceptance`) and is the
+/// greedy one: in round `i` every member that still needs slots looks at position `i` of its
+/// permutation, in identity order, and takes the slot if it is free. It depends on the
+/// membership only. Removing a member frees its slots; each goes to the member that wanted it
+/// most and was turned away, whose last slot goes on in turn, and a chain stops at a slot
+/// nobody else wanted (a hole). Those chains are short, where Maglev's turn-taking fill (each
+/// member takes the next free slot of its permutation, however far) re-deals a claim for
+/// every later turn it perturbs (BENCHMARKS.md: at N = 1000, 1.5 slots of staying members
+/// change per freed slot against 5.4). Cost: about M·ln M looks, like Maglev's fill.
 fn fill(ids: &[u64], quotas: &[u64], m: usize) -> Vec<u32> {
+    let mask = (m - 1) as u64;
+    let skip: Vec<u64> = ids.iter().map(|&id| (mix64(id) | 1) & mask).collect();
+    let mut at: Vec<u64> = ids.iter().map(|&id| id & mask).collect();
+    let mut need = quotas.to_vec();
+    let mut owner = vec![HOLE; m];
+    // Members that still need slots, in identity order (ties within a round go to the
+    // smaller identity).
+    let mut active: Vec<usize> = (0..ids.len()).filter(|&j| need[j] > 0).collect();
+    active.sort_unstable_by_key(|&j| (ids[j], j));
+    // `skip` is odd, so a permutation visits every slot once in `m` rounds; with at most `m`
+    // slots handed out, every member meets enough free slots before its permutation ends.
+    for _ in 0..m {
+        if active.is_empty() {
+            break;
+        }
+        for &j in &active {
+            let slot = at[j] as usize;
+            at[j] = (at[j] + skip[j]) & mask;
+            if owner[slot] == HOLE {
+                owner[slot] = j as u32;
+                need[j] -= 1;
+            }
+        }
+        active.retain(|&j| need[j] > 0);
+    }
+    owner
+}
+
+/// Member-proposing deferred acceptance over the same preferences as [`fill`]: the oracle
+/// that the greedy rounds find the stable matching.
+#[cfg(test)]
+fn deferred_acceptance(ids: &[u64], quotas: &[u64], m: usize) -> Vec<u32> {
     let mask = (m - 1) as u64;
     let skip: Vec<u64> = ids.iter().map(|&id| (mix64(id) | 1) & mask).collect();
     // Per member: the slot its next proposal goes to, and that slot's position in its
@@ -374,6 +409,27 @@ mod tests {
         // Equal weights: the floor, the same for 1000 members and for 999.
         assert_eq!(quotas(&[1; 1000], 1 << 14), vec![16; 1000]);
         assert_eq!(quotas(&[1; 999], 1 << 14), vec![16; 999]);
+    }
+
+    #[test]
+    fn greedy_rounds_find_the_stable_matching() {
+        for (n, bits, seed) in [
+            (3usize, 14u32, 1u64),
+            (10, 14, 2),
+            (100, 14, 3),
+            (1000, 14, 4),
+            (37, 16, 5),
+        ] {
+            let ids: Vec<u64> = (0..n as u64).map(|i| mix64(i ^ seed << 32)).collect();
+            let weights: Vec<u64> = (0..n as u64).map(|i| 1 + mix64(i + seed) % 7).collect();
+            let m = 1usize << bits;
+            let q = quotas(&weights, m);
+            assert_eq!(
+                fill(&ids, &q, m),
+                deferred_acceptance(&ids, &q, m),
+                "n = {n}"
+            );
+        }
     }
 
     #[test]
