@@ -400,34 +400,54 @@ fn flips(keys: &[[u8; 32]]) {
 /// Membership change: the middle upstream removed from the configuration.
 fn churn(keys: &[[u8; 32]]) {
     println!("\nMembership change (one of N removed from the configuration, as an SRV target disappearing):\n");
-    println!("| scheme | N | keys moved | ideal (its share) | ratio |");
-    println!("|---|---|---|---|---|");
-    for n in [10, 100, 1000] {
-        let list = UpstreamList::parse(&definition(n, None), 11333, Limits::default()).unwrap();
-        let names: Vec<String> = addrs(n);
-        let before: Vec<String> = keys
-            .iter()
-            .map(|k| list.get(Rotation::Hashed, k).unwrap().name().to_owned())
-            .collect();
-        let removed = &names[n / 2];
-        let kept: Vec<String> = names.iter().filter(|a| *a != removed).cloned().collect();
-        list.reconfigure(&Definition::parse(&kept.join(","), 11333).unwrap());
-        let after: Vec<String> = keys
-            .iter()
-            .map(|k| list.get(Rotation::Hashed, k).unwrap().name().to_owned())
-            .collect();
-        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
-        let ideal = before.iter().filter(|a| *a == removed).count();
-        println!(
-            "| upstreams balanced | {n} | {moved} | {ideal} | {:.2} |",
-            moved as f64 / ideal.max(1) as f64
-        );
+    println!("| scheme | weights | N | keys moved | ideal (its share) | ratio |");
+    println!("|---|---|---|---|---|---|");
+    let w = |i: usize| 1 + (i % 10) as u16;
+    for (weights, label) in [
+        (None, "equal"),
+        (Some(&w as &dyn Fn(usize) -> u16), "1..10"),
+    ] {
+        for n in [10, 100, 1000] {
+            churn_one(keys, n, weights, label);
+        }
     }
+}
+
+/// One membership change: the middle upstream of `n` removed.
+fn churn_one(keys: &[[u8; 32]], n: usize, weights: Option<&dyn Fn(usize) -> u16>, label: &str) {
+    let def = definition(n, weights);
+    let list = UpstreamList::parse(&def, 11333, Limits::default()).unwrap();
+    let names: Vec<String> = addrs(n);
+    let entries: Vec<&str> = def.split(',').collect();
+    let before: Vec<String> = keys
+        .iter()
+        .map(|k| list.get(Rotation::Hashed, k).unwrap().name().to_owned())
+        .collect();
+    let removed = &names[n / 2];
+    let kept: Vec<&str> = entries
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != n / 2)
+        .map(|(_, e)| *e)
+        .collect();
+    list.reconfigure(&Definition::parse(&kept.join(","), 11333).unwrap());
+    let after: Vec<String> = keys
+        .iter()
+        .map(|k| list.get(Rotation::Hashed, k).unwrap().name().to_owned())
+        .collect();
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    let ideal = before.iter().filter(|a| *a == removed).count();
+    println!(
+        "| upstreams balanced | {label} | {n} | {moved} | {ideal} | {:.2} |",
+        moved as f64 / ideal.max(1) as f64
+    );
 }
 
 fn plot(rows: &[Row]) {
     use plotters::prelude::*;
-    let root = SVGBackend::new("quality.svg", (900, 420)).into_drawing_area();
+    // Next to this crate's manifest (bench-peers/), wherever the tool runs from.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/quality.svg");
+    let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
     let _ = root.fill(&WHITE);
     // hashring (one point per node, peak ≈ 6) would flatten the others: it is in the table.
     let shown: Vec<&str> = SCHEMES

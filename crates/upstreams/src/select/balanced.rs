@@ -3,18 +3,19 @@
 //!
 //! # Algorithm
 //! 1. Each member gets an identity hash from its name (and its ordinal among duplicates)
-//!    and a slot quota `⌊M × weight / total⌋` (weights `max(weight, 1)`), at least one slot;
-//!    the slots the rounding leaves over stay unowned ("holes", at most one per member).
+//!    and a slot quota `weight × ⌊M / total⌋` (weights `max(weight, 1)`), at least one slot;
+//!    the slots that leaves over stay unowned ("holes", fewer than one per unit of weight).
 //! 2. A table of `M` slots (`M = 16 × next_pow2(total weight)`, clamped to 2^14..=2^22) is
 //!    filled with the stable matching of members and slots when both rank a pair by the
 //!    slot's position in the member's Maglev permutation `offset + i × skip (mod M)`: unique,
 //!    so a function of the membership alone, and found greedily (round `i`: every member that
 //!    still needs slots takes position `i` of its permutation if it is free). Built once per
 //!    membership change, off the pick path.
-//! 3. Quotas are integers, so shares would be off by up to one slot. *Thinning* makes them
-//!    exact: member `j` accepts a probe with probability `p_j = (w_j / t_j) / max_k(w_k / t_k)`
-//!    (`t_j` = its slots), decided by 32 further bits of the probe hash. With equal weights
-//!    every `p_j` is 1.
+//! 3. Quotas are then exactly proportional to the weights. Only when the table is too small
+//!    for one slot per unit of weight (a total weight beyond 2^22) are they not, and
+//!    *thinning* makes shares exact again: member `j` accepts a probe with probability
+//!    `p_j = (w_j / t_j) / max_k(w_k / t_k)` (`t_j` = its slots), decided by 32 further bits
+//!    of the probe hash. Otherwise every `p_j` is 1.
 //! 4. A key hashes (XXH3, fixed seed) to `h`; probe `i` uses `h` for `i = 0` and
 //!    `mix(h + i·φ)` after. The slot is the probe's top bits (multiply-high by a power of
 //!    two). The first probe that lands on a member that is selectable and accepts wins; a
@@ -31,8 +32,9 @@
 //!   moves; when it comes back exactly those keys return.
 //! - Shares equal `weight / total weight` in expectation (thinning removes quantisation).
 //! - When a member leaves the configuration, few keys of the others move: 1.03× / 1.87× /
-//!   2.69× its own share at N = 10 / 100 / 1000 (BENCHMARKS.md; the Maglev fill this replaced:
-//!   1.05× / 2.61× / 7.49×).
+//!   2.69× its own share at N = 10 / 100 / 1000, and 1.24× / 2.91× / 2.79× with weights
+//!   1..10 (BENCHMARKS.md; the Maglev fill this replaced: 1.05× / 2.61× / 7.49×, weighted
+//!   1.23× / 4.57× / 29.3×).
 //!
 //! Measured (BENCHMARKS.md, 1 000 000 keys, `upstreams simulate`): peak/avg 1.005 at N = 10
 //! and 1.025 at N = 100 against a `hash mod N` floor of 1.002 and 1.020 (rspamd's ring: 1.092
@@ -46,7 +48,7 @@
 //! table read and one compare in the common case; 9–11 ns as a dependent chain; the expected
 //! number of probes is `1 / (accept rate × selectable share)` (32–36 ns with 90 % of
 //! N = 10…1000 offline, each probe testing one bit of the snapshot's down-bitmap).
-//! Build: about M·ln M looks (0.31 ms for a whole `reconfigure` at N = 1000, M = 2^14). Memory: 1 byte per slot
+//! Build: about M·ln M looks (0.27 ms for a whole `reconfigure` at N = 1000, M = 2^14). Memory: 1 byte per slot
 //! while the list has at most 255 members, 2 up to 65 535 members (4 beyond), plus 20 bytes
 //! per member.
 //!
@@ -235,18 +237,27 @@ impl Balanced {
     }
 }
 
-/// Slot counts: `⌊m × weight / total⌋`, at least 1, summing to at most `m`. The slots left
-/// over stay unowned (holes: a key that lands on one goes on to its next probe). Rounding
-/// down, rather than handing the remainder out, keeps quotas put when a member leaves (at
-/// N = 1000 equal weights, 16 384 / 1000 and 16 384 / 999 both floor to 16), so the members
-/// that stay need no new slots and no new thinning.
+/// Slot counts: `weight × ⌊m / total⌋` (the same whole number of slots per unit of weight
+/// for everyone), at least 1, summing to at most `m`. The slots left over stay unowned (holes:
+/// a key that lands on one goes on to its next probe; fewer than one slot per unit of weight,
+/// so at most 1/16 of the table). Shares are then exactly proportional to the weights with no
+/// thinning at all, and the quotas stay put when a member leaves unless `⌊m / total⌋` itself
+/// moves (at N = 1000 equal weights, 16 384 / 1000 and 16 384 / 999 both floor to 16), so the
+/// members that stay need no new slots.
 fn quotas(weights: &[u64], m: usize) -> Vec<u64> {
-    let total: u128 = weights.iter().map(|&w| u128::from(w)).sum::<u128>().max(1);
-    let m128 = m as u128;
-    let mut q: Vec<u64> = weights
-        .iter()
-        .map(|&w| ((m128 * u128::from(w) / total) as u64).max(1))
-        .collect();
+    let total: u64 = weights.iter().sum::<u64>().max(1);
+    let per_unit = m as u64 / total;
+    let mut q: Vec<u64> = if per_unit > 0 {
+        weights.iter().map(|&w| (w * per_unit).max(1)).collect()
+    } else {
+        // Fewer slots than units of weight: proportional, rounded down, at least one slot;
+        // thinning makes the shares exact.
+        let (m, total) = (m as u128, u128::from(total));
+        weights
+            .iter()
+            .map(|&w| ((m * u128::from(w) / total) as u64).max(1))
+            .collect()
+    };
     let mut sum: u64 = q.iter().sum();
     while sum > m as u64 {
         // Only when the table is too small for one slot per member.
@@ -409,6 +420,11 @@ mod tests {
         // Equal weights: the floor, the same for 1000 members and for 999.
         assert_eq!(quotas(&[1; 1000], 1 << 14), vec![16; 1000]);
         assert_eq!(quotas(&[1; 999], 1 << 14), vec![16; 999]);
+        // Weights: the same slots per unit of weight for everyone.
+        assert_eq!(quotas(&[1, 2, 3], 1 << 14), vec![2730, 5460, 8190]);
+        // More units of weight than slots: proportional, and quick.
+        let q = quotas(&[65535; 1000], 1 << 22);
+        assert!(q.iter().sum::<u64>() <= 1 << 22 && q.iter().all(|&t| t == q[0]));
     }
 
     #[test]
