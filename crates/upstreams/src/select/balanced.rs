@@ -48,9 +48,9 @@
 //! table read and one compare in the common case; 9–11 ns as a dependent chain; the expected
 //! number of probes is `1 / (accept rate × selectable share)` (32–36 ns with 90 % of
 //! N = 10…1000 offline, each probe testing one bit of the snapshot's down-bitmap).
-//! Build: about M·ln M looks (0.27 ms for a whole `reconfigure` at N = 1000, M = 2^14). Memory: 1 byte per slot
-//! while the list has at most 255 members, 2 up to 65 535 members (4 beyond), plus 20 bytes
-//! per member.
+//! Build: about M·ln M looks (0.27 ms for a whole `reconfigure` at N = 1000, M = 2^14).
+//! Memory: 1 byte per slot while the list has at most 255 members, 2 up to 65 535 members
+//! (4 beyond), plus 20 bytes per member.
 //!
 //! # Concurrency
 //! The table is immutable; health comes from the caller's `accept` (nothing while all are
