@@ -136,10 +136,7 @@ fn deferred(ids: &[u64], m: usize, floor: bool) -> Vec<u32> {
 
 /// Deferred acceptance by position with quotas one below the floor (more holes).
 fn deferred_loose(ids: &[u64], m: usize) -> Vec<u32> {
-    deferred_quota(ids, m, (m / ids.len()).saturating_sub(1).max(1))
-}
-
-fn deferred_quota(ids: &[u64], m: usize, quota: usize) -> Vec<u32> {
+    let quota = (m / ids.len()).saturating_sub(1).max(1);
     deferred_quotas(ids, m, vec![quota; ids.len()])
 }
 
@@ -218,26 +215,18 @@ fn darts(ids: &[u64], m: usize, per: u64) -> Vec<u32> {
     owners
 }
 
-/// `n` member names and the same list without the middle one.
-fn memberships(n: usize) -> (Vec<String>, Vec<String>) {
+/// `n` member names, and the same list without member `r`.
+fn memberships(n: usize, r: usize) -> (Vec<String>, Vec<String>) {
     let names: Vec<String> = (0..n)
         .map(|i| format!("10.0.{}.{}:11333", i / 256, i % 256))
         .collect();
-    let kept = names
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != n / 2)
-        .map(|(_, s)| s.clone())
-        .collect();
+    let mut kept = names.clone();
+    kept.remove(r);
     (names, kept)
 }
 
-/// Index in the full list of member `y` of the list without the middle one.
-fn unshift(y: usize, n: usize) -> usize {
-    unshift_at(y, n / 2)
-}
-
-fn unshift_at(y: usize, r: usize) -> usize {
+/// Index in the full list of member `y` of the list without member `r`.
+fn unshift(y: usize, r: usize) -> usize {
     if y >= r {
         y + 1
     } else {
@@ -245,15 +234,16 @@ fn unshift_at(y: usize, r: usize) -> usize {
     }
 }
 
-/// Keys moved when the middle member is removed, and the keys it held (the ideal).
-fn moved(a: &Table, b: &Table, keys: &[u64], n: usize) -> (usize, usize) {
+/// Keys moved when member `r` is removed (table `a` with it, `b` without), and the keys it
+/// held (the ideal).
+fn moved(a: &Table, b: &Table, keys: &[u64], r: usize) -> (usize, usize) {
     let (mut moved, mut ideal) = (0, 0);
     for &h in keys {
         let x = a.lookup(h).0;
-        if x == n / 2 {
+        if x == r {
             ideal += 1;
         }
-        if x != unshift(b.lookup(h).0, n) {
+        if x != unshift(b.lookup(h).0, r) {
             moved += 1;
         }
     }
@@ -279,27 +269,13 @@ fn removal_sweep(keys: &[u64]) {
         ),
     ] {
         for n in [100usize, 1000] {
-            let names: Vec<String> = (0..n)
-                .map(|i| format!("10.0.{}.{}:11333", i / 256, i % 256))
-                .collect();
-            let a = Table::build(fill, &names, 14);
+            let a = Table::build(fill, &memberships(n, 0).0, 14);
             let (mut moved_all, mut ideal_all) = (0usize, 0usize);
             let (mut lo, mut hi) = (f64::MAX, 0f64);
             for k in 0..8 {
                 let r = (k * n / 8 + n / 16) % n;
-                let mut kept = names.clone();
-                kept.remove(r);
-                let b = Table::build(fill, &kept, 14);
-                let (mut moved, mut ideal) = (0, 0);
-                for &h in keys {
-                    let x = a.lookup(h).0;
-                    if x == r {
-                        ideal += 1;
-                    }
-                    if x != unshift_at(b.lookup(h).0, r) {
-                        moved += 1;
-                    }
-                }
+                let b = Table::build(fill, &memberships(n, r).1, 14);
+                let (moved, ideal) = moved(&a, &b, keys, r);
                 let ratio = moved as f64 / ideal.max(1) as f64;
                 (lo, hi) = (lo.min(ratio), hi.max(ratio));
                 moved_all += moved;
@@ -320,7 +296,7 @@ fn table_sizes(keys: &[u64]) {
     println!("| fill | N | slots | slots of the removed member | other slots changed | keys moved | ideal | ratio | build ms |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for n in [10usize, 100, 1000] {
-        let (names, kept) = memberships(n);
+        let (names, kept) = memberships(n, n / 2);
         for (fill, bits) in [
             (Fill::Maglev, 14u32),
             (Fill::Maglev, 15),
@@ -342,10 +318,10 @@ fn table_sizes(keys: &[u64]) {
                 .filter(|(&x, &y)| {
                     x as usize != n / 2
                         && !(x == u32::MAX && y == u32::MAX)
-                        && x as usize != unshift(y as usize, n)
+                        && x as usize != unshift(y as usize, n / 2)
                 })
                 .count();
-            let (moved, ideal) = moved(&a, &b, keys, n);
+            let (moved, ideal) = moved(&a, &b, keys, n / 2);
             println!(
                 "| {} | {n} | 2^{bits} | {own} | {changed} | {moved} | {ideal} | {:.2} | {build:.2} |",
                 if fill == Fill::Maglev { "maglev" } else { "deferred, floor" },
@@ -362,7 +338,7 @@ fn main() {
     println!("| fill | N | slots | peak/avg | mean probes | keys moved on removal | ideal | ratio | build ms |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for n in [10usize, 100, 1000] {
-        let (names, kept) = memberships(n);
+        let (names, kept) = memberships(n, n / 2);
         for fill in [
             Fill::Maglev,
             Fill::DeferredFloor,
@@ -388,7 +364,7 @@ fn main() {
                 probes += p;
                 load[x] += 1;
             }
-            let (moved, ideal) = moved(&a, &b, &keys, n);
+            let (moved, ideal) = moved(&a, &b, &keys, n / 2);
             let peak = *load.iter().max().unwrap() as f64 / (keys.len() as f64 / n as f64);
             let label = match fill {
                 Fill::Maglev => "maglev (balanced before 2026-12-02)".to_owned(),
