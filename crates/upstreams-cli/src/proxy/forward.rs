@@ -365,7 +365,11 @@ async fn first_answer(
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
-        sent.reserve(READ_SIZE);
+        // Room for a full read, made only when little is left: growing on every pass would
+        // reallocate (and copy) the kept bytes once per client message.
+        if sent.capacity() - sent.len() < READ_SIZE / 4 {
+            sent.reserve(READ_SIZE);
+        }
         tokio::select! {
             () = &mut timer => return on_expiry,
             read = backend.read_buf(&mut answer) => match read {
