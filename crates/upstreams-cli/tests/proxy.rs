@@ -192,3 +192,63 @@ async fn sigterm_stops_accepting_and_drains_open_sessions() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An echo backend in this test: it sends back every byte it reads and half-closes when the
+/// client has (after the echo of the last byte).
+async fn echo_backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// The relay after the first answer: 1 MiB each way on one connection (many times the
+/// buffers), written while the echo is read back; then the client half-closes, the echo's
+/// end still arrives, and the byte counters in /metrics add up to what went through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_streams_both_ways_and_passes_half_close() {
+    let echo = echo_backend().await;
+    let p = proxy(&echo.to_string(), &[]);
+    let (listen, admin) = (p.addrs[0], p.addrs[1]);
+    let total = 1 << 20;
+    let payload: Vec<u8> = (0..total).map(|i| (i * 31 % 251) as u8).collect();
+    let client = TcpStream::connect(listen).await.unwrap();
+    let (mut r, mut w) = client.into_split();
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(7_000) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w.shutdown().await.unwrap(); // half-close: the answer must still come back whole
+        w
+    });
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut back))
+        .await
+        .expect("the echo's end arrives")
+        .unwrap();
+    let _w = writer.await.unwrap();
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "the echo differs from what was sent");
+    let figure = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l.contains(&echo.to_string()))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_until("byte counters", Duration::from_secs(3), async || {
+        let metrics = admin_get(admin, "/metrics").await;
+        figure(&metrics, "upstreams_upstream_bytes_out_total") == total as u64
+            && figure(&metrics, "upstreams_upstream_bytes_in_total") == total as u64
+    })
+    .await;
+}
