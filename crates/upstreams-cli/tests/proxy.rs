@@ -252,3 +252,48 @@ async fn relay_streams_both_ways_and_passes_half_close() {
     })
     .await;
 }
+
+/// A reload that changes only the limits applies them to the running list: a refusing
+/// backend tolerated under `max_errors = 1000` goes offline soon after the reload sets 1,
+/// and no client sees a failure on the way (each refusal is retried on the live backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_applies_changed_limits() {
+    let a = backend("a", "127.0.0.1:0");
+    // Bound but not listening: connects are refused, and no other port here can take it.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = reserved.local_addr().unwrap();
+    let dir = std::env::temp_dir().join(format!("upstreams-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("proxy.toml");
+    let (listen, admin) = (free_port(), free_port());
+    let write = |max_errors: u32| {
+        let text = format!(
+            "admin = \"{admin}\"\n[[listener]]\nlisten = \"{listen}\"\nupstreams = \"{},{dead}\"\n\
+             [listener.limits]\nmax_errors = {max_errors}\nmax_consecutive_errors = 0\n\
+             error_time = 0.5\nrevive_time = 60.0\n",
+            a.addrs[0]
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write(1000);
+    let p = spawn(&["proxy", "--config", config.to_str().unwrap()], 2);
+    for _ in 0..20 {
+        assert_eq!(request(listen).await.as_deref(), Ok("a"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state_of(admin, &dead.to_string()).await, "alive");
+    write(1);
+    p.signal("-HUP");
+    wait_until(
+        "the refusing backend offline",
+        Duration::from_secs(10),
+        async || {
+            assert_eq!(request(listen).await.as_deref(), Ok("a"));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            state_of(admin, &dead.to_string()).await == "offline"
+        },
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

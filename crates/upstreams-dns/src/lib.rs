@@ -22,7 +22,7 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let list = Arc::new(UpstreamList::parse("redis.internal:6379,service=fuzzy+example.com", 11335, Limits::default())?);
-//! let refresher = Refresher::new(&Nameservers::parse("127.0.0.1:5353")?, list.limits())?;
+//! let refresher = Refresher::new(&Nameservers::parse("127.0.0.1:5353")?, &list.limits())?;
 //! refresher.refresh(&list).await;               // first resolution
 //! tokio::spawn(refresher.run(vec![list.clone()], std::time::Duration::from_secs(1)));
 //! # Ok(()) }

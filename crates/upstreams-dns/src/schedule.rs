@@ -138,7 +138,7 @@ impl Refresher {
                     timing.requested = true;
                     srv_requested.push(up.group());
                 }
-                if timing.take_due(now, limits, up.name()) {
+                if timing.take_due(now, &limits, up.name()) {
                     todo.push(Query::Name(Arc::clone(up)));
                 }
             }
@@ -149,7 +149,7 @@ impl Refresher {
                 .entry((list_key, group))
                 .or_insert_with(|| Timing::new(now));
             timing.requested |= srv_requested.contains(&group);
-            if timing.take_due(now, limits, &name) {
+            if timing.take_due(now, &limits, &name) {
                 todo.push(Query::Srv { group, name });
             }
         }
@@ -211,7 +211,7 @@ pub fn resolve_blocking(list: &UpstreamList, servers: &Nameservers) -> Result<Re
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let refresher = Refresher::new(servers, list.limits())?;
+        let refresher = Refresher::new(servers, &list.limits())?;
         Ok(refresher.refresh(list).await)
     })
 }

@@ -167,7 +167,7 @@ async fn item_38_names_resolve_and_come_online_numeric_never_queried() {
         list.find("redis.test:6379").unwrap().state(),
         State::Pending
     );
-    let r = Refresher::new(&dns.servers(), list.limits()).unwrap();
+    let r = Refresher::new(&dns.servers(), &list.limits()).unwrap();
     let report = r.refresh(&list).await;
     assert_eq!(report.queried, 1, "only the name is queried: {report:?}");
     assert_eq!(report.failed, 0);
@@ -186,7 +186,7 @@ async fn item_39_lazy_interval_and_failure_triggers_with_min_interval() {
     let dns = Dns::start().await;
     dns.a("svc.test.", &["10.0.0.1"]).await;
     let (list, clock) = list("svc.test:80,127.0.0.9:80", 0);
-    let r = Refresher::new(&dns.servers(), list.limits()).unwrap();
+    let r = Refresher::new(&dns.servers(), &list.limits()).unwrap();
     r.refresh(&list).await;
     let up = list.find("svc.test:80").unwrap();
     up.fail(FailKind::Address, "refused"); // errors of 10.0.0.1 = 1
@@ -219,7 +219,7 @@ async fn item_39_failed_answers_keep_addresses() {
     let mut dns = Dns::start().await;
     dns.a("keep.test.", &["10.0.0.1"]).await;
     let (list, clock) = list("keep.test:80,127.0.0.9:80", 0);
-    let r = Refresher::new(&dns.servers(), list.limits()).unwrap();
+    let r = Refresher::new(&dns.servers(), &list.limits()).unwrap();
     r.refresh(&list).await;
     // NXDOMAIN: kept.
     dns.a("keep.test.", &[]).await;
@@ -256,7 +256,7 @@ async fn item_39_timeouts_are_bounded_by_dns_timeout_and_retransmits() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let servers = Nameservers::Explicit(vec![silent.local_addr().unwrap()]);
     let (list, _) = list("slow.test:80", 0);
-    let r = Refresher::new(&servers, list.limits()).unwrap();
+    let r = Refresher::new(&servers, &list.limits()).unwrap();
     let started = Instant::now();
     let report = r.refresh(&list).await;
     let took = started.elapsed();
@@ -279,7 +279,7 @@ async fn item_41_srv_members_join_drain_and_survive_empty_answers() {
     dns.a("c.test.", &["10.1.0.3"]).await;
     let (list, clock) = list("master-slave:service=fuzzy+test", 0);
     let events = log(&list);
-    let r = Refresher::new(&dns.servers(), list.limits()).unwrap();
+    let r = Refresher::new(&dns.servers(), &list.limits()).unwrap();
     let report = r.refresh(&list).await;
     assert_eq!(
         report.queried, 3,
@@ -370,7 +370,7 @@ async fn one_refresher_serves_several_lists() {
     dns.a("two.test.", &["10.2.0.2"]).await;
     let (a, clock) = list("one.test:1", 0);
     let (b, _) = list("two.test:2", 0);
-    let r = Refresher::new(&dns.servers(), a.limits()).unwrap();
+    let r = Refresher::new(&dns.servers(), &a.limits()).unwrap();
     assert_eq!(r.refresh(&a).await.queried, 1);
     assert_eq!(r.refresh(&b).await.queried, 1);
     // Neither list's schedule disturbs the other's: nothing is due on either.

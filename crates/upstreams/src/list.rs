@@ -21,9 +21,15 @@ use crate::Error;
 /// State shared by a list and its upstreams (no reference back to the upstreams, so no
 /// reference cycle).
 pub(crate) struct Shared {
-    pub(crate) limits: Limits,
+    /// The limits in force; [`UpstreamList::set_limits`] replaces them (health transitions
+    /// read them, picks read the copies below).
+    pub(crate) limits: ArcSwap<Limits>,
+    /// `limits.hash_mode`, fixed when the list is built (the members' tables follow it).
+    pub(crate) hash_mode: crate::HashMode,
     /// `limits.slow_start` in nanoseconds (read by every weighted pick).
-    pub(crate) slow_start_ns: u64,
+    pub(crate) slow_start_ns: AtomicU64,
+    /// `limits.default_latency` in seconds, as `f64` bits (read by every p2c pick).
+    pub(crate) default_latency: AtomicU64,
     clock: TimeSource,
     watchers: Watchers,
     pub(crate) rng: Rng,
@@ -77,11 +83,19 @@ impl Shared {
     }
 
     pub(crate) fn revive_delay(&self) -> u64 {
-        health::jittered(
-            self.limits.revive_time,
-            self.limits.revive_jitter,
-            self.rng.unit(),
-        )
+        let limits = self.limits.load();
+        health::jittered(limits.revive_time, limits.revive_jitter, self.rng.unit())
+    }
+
+    /// Publishes `limits` and the picks' copies of them.
+    fn publish_limits(&self, limits: Limits) {
+        self.slow_start_ns
+            .store(health::nanos(limits.slow_start), Ordering::Relaxed);
+        self.default_latency.store(
+            limits.default_latency.as_secs_f64().to_bits(),
+            Ordering::Relaxed,
+        );
+        self.limits.store(Arc::new(limits));
     }
 
     /// Called after every successful state compare-and-swap.
@@ -139,7 +153,7 @@ impl Shared {
 impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shared")
-            .field("limits", &self.limits)
+            .field("limits", &*self.limits.load())
             .field("alive", &self.alive)
             .field("offline", &self.offline)
             .finish_non_exhaustive()
@@ -195,8 +209,10 @@ impl UpstreamList {
         }
         let shared = Arc::new(Shared {
             rng: Rng::new(limits.seed),
-            slow_start_ns: health::nanos(limits.slow_start),
-            limits,
+            hash_mode: limits.hash_mode,
+            slow_start_ns: AtomicU64::new(health::nanos(limits.slow_start)),
+            default_latency: AtomicU64::new(limits.default_latency.as_secs_f64().to_bits()),
+            limits: ArcSwap::from_pointee(limits),
             clock,
             watchers: Watchers::default(),
             alive: AtomicUsize::new(0),
@@ -213,7 +229,7 @@ impl UpstreamList {
             .collect();
         let alive = upstreams.iter().filter(|u| u.is_alive()).count();
         shared.alive.store(alive, Ordering::Relaxed);
-        let members = Members::build(upstreams, shared.limits.hash_mode);
+        let members = Members::build(upstreams, shared.hash_mode);
         Ok(Self {
             shared,
             members: ArcSwap::from_pointee(members),
@@ -265,9 +281,44 @@ impl UpstreamList {
         decode_rotation(self.rotation.load(Ordering::Relaxed))
     }
 
-    /// The limits the list was built with.
-    pub fn limits(&self) -> &Limits {
-        &self.shared.limits
+    /// The limits in force: those the list was built with, or the latest
+    /// [`set_limits`](Self::set_limits).
+    pub fn limits(&self) -> Arc<Limits> {
+        self.shared.limits.load_full()
+    }
+
+    /// Replaces the limits of a live list (a configuration reload), keeping every upstream's
+    /// health: error windows, offline deadlines and probes go on, and the new limits apply
+    /// from the next failure, revival, probe, latency sample and pick. Three settings are
+    /// fixed once the list exists and are left as they were: `hash_mode` (the members' tables
+    /// are built for it), `seed` (the jitter generator is seeded with it), and the DNS
+    /// settings (`dns_timeout`, `dns_retransmits`, `lazy_resolve_time`,
+    /// `resolve_min_interval`, read by a resolver shell when it starts). Returns the names of
+    /// those that differ in `limits` and so were not applied; an invalid `limits` changes
+    /// nothing.
+    pub fn set_limits(&self, limits: Limits) -> Result<Vec<&'static str>, Error> {
+        limits.validate()?;
+        let old = self.shared.limits.load_full();
+        let mut kept = Vec::new();
+        let mut limits = limits;
+        macro_rules! fixed {
+            ($($field:ident),*) => {$(
+                if limits.$field != old.$field {
+                    kept.push(stringify!($field));
+                    limits.$field = old.$field.clone();
+                }
+            )*};
+        }
+        fixed!(
+            hash_mode,
+            seed,
+            dns_timeout,
+            dns_retransmits,
+            lazy_resolve_time,
+            resolve_min_interval
+        );
+        self.shared.publish_limits(limits);
+        Ok(kept)
     }
 
     /// Number of configured upstreams.

@@ -124,7 +124,7 @@ impl UpstreamList {
             return change;
         }
         shared.set_member_count(next.len());
-        self.publish(Members::build(next, shared.limits.hash_mode));
+        self.publish(Members::build(next, shared.hash_mode));
         change
     }
 }
@@ -232,7 +232,7 @@ impl UpstreamList {
         }
         shared.set_member_count(next.len());
         self.set_definition(definition);
-        self.publish(Members::build(next, shared.limits.hash_mode));
+        self.publish(Members::build(next, shared.hash_mode));
         change
     }
 }

@@ -252,7 +252,7 @@ impl Upstream {
         }
         let outcome: FailOutcome = {
             let mut window = lock(&self.window);
-            let outcome = window.fail(now, &self.shared.limits, self.shared.member_count());
+            let outcome = window.fail(now, &self.shared.limits.load(), self.shared.member_count());
             self.errors.store(window.errors, Ordering::Relaxed);
             outcome
         };
@@ -270,7 +270,7 @@ impl Upstream {
 
     fn probe_failed(&self, now: u64) {
         let n = self.probe_failures.fetch_add(1, Ordering::Relaxed);
-        let limits = &self.shared.limits;
+        let limits = self.shared.limits.load();
         let base = limits
             .revive_time
             .saturating_mul(1u32 << n.min(20))
@@ -334,7 +334,7 @@ impl Upstream {
         let next = match (*last, self.latency_secs()) {
             (Some(at), Some(prev)) => {
                 let dt = now.saturating_sub(at) as f64 / 1e9;
-                let half = self.shared.limits.latency_half_life.as_secs_f64();
+                let half = self.shared.limits.load().latency_half_life.as_secs_f64();
                 let alpha = (1.0 - (-dt * std::f64::consts::LN_2 / half).exp()).clamp(0.01, 0.5);
                 prev + alpha * (seconds - prev)
             }

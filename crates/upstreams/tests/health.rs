@@ -400,3 +400,69 @@ fn mark_offline_and_mark_online_are_operator_overrides() {
         ["offline 127.0.0.1 0", "online 127.0.0.1 0"]
     );
 }
+
+/// A reload's new limits take effect on a live list without touching health: an upstream
+/// already offline keeps its deadline, the next failures count against the new
+/// `max_errors` / `error_time`, the next offline period is the new `revive_time`; the
+/// settings fixed at build (`hash_mode`, `seed`, DNS) are reported and left alone.
+#[test]
+fn set_limits_applies_to_a_live_list_and_keeps_health() {
+    let (l, clock) = list("127.0.0.1,127.0.0.2,127.0.0.3", exact());
+    let (a, b) = (l.find("127.0.0.1").unwrap(), l.find("127.0.0.2").unwrap());
+    take_offline(&l, &clock, "127.0.0.1");
+    let State::Offline { until } = a.state() else {
+        panic!("offline before the change")
+    };
+    let log = record(&l);
+    let stricter = exact()
+        .with_max_errors(1)
+        .with_error_time(Duration::from_secs(2))
+        .with_revive_time(Duration::from_secs(5));
+    assert_eq!(l.set_limits(stricter).unwrap(), Vec::<&str>::new());
+    assert_eq!(l.limits().max_errors, 1);
+    assert_eq!(
+        a.state(),
+        State::Offline { until },
+        "the offline deadline stays"
+    );
+    // Three failures over 2 s: enough under the new limits, not under the old ones (the
+    // same sequence on a list that kept them).
+    let (control, control_clock) = list("127.0.0.1,127.0.0.2,127.0.0.3", exact());
+    let c = control.find("127.0.0.2").unwrap();
+    for (up, clock) in [(&b, &clock), (&c, &control_clock)] {
+        up.fail(FailKind::Other, "x");
+        up.fail(FailKind::Other, "x");
+        assert!(up.is_alive());
+        clock.advance(Duration::from_secs(2));
+        up.fail(FailKind::Other, "x");
+    }
+    assert!(c.is_alive(), "the old limits tolerate it");
+    assert!(!b.is_alive(), "the new max_errors / error_time count");
+    let now = upstreams::Clock::now(&*clock);
+    assert_eq!(
+        b.state(),
+        State::Offline {
+            until: now + Duration::from_secs(5)
+        },
+        "the new revive_time"
+    );
+    assert_eq!(
+        log.lock().unwrap().last().map(String::as_str),
+        Some("offline 127.0.0.2 3")
+    );
+
+    // Fixed settings: reported, not applied; an invalid set changes nothing.
+    let moved = l
+        .limits()
+        .as_ref()
+        .clone()
+        .with_hash_mode(upstreams::HashMode::RspamdRing)
+        .with_seed(Some(8))
+        .with_max_errors(2);
+    assert_eq!(l.set_limits(moved).unwrap(), ["hash_mode", "seed"]);
+    assert_eq!(l.limits().hash_mode, Limits::default().hash_mode);
+    assert_eq!(l.limits().max_errors, 2, "the rest of the set applies");
+    let invalid = exact().with_revive_jitter(-1.0);
+    assert!(l.set_limits(invalid).is_err());
+    assert_eq!(l.limits().max_errors, 2);
+}

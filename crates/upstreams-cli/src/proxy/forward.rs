@@ -90,8 +90,16 @@ impl Listener {
 
     /// Applies reloaded settings: the list keeps the health of upstreams that stay.
     pub(crate) fn reload(&self, settings: Settings) {
-        if settings.limits != *self.list.limits() {
-            tracing::warn!(listener = %self.listen, "changed limits take effect on restart only");
+        // Health limits apply at once (the upstreams keep their state); the few fixed once a
+        // list exists wait for a restart.
+        match self.list.set_limits(settings.limits.clone()) {
+            Ok(kept) if !kept.is_empty() => {
+                tracing::warn!(listener = %self.listen, ?kept, "these changed limits take effect on restart only");
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(listener = %self.listen, %err, "invalid limits not applied");
+            }
         }
         let change = self.list.reconfigure(&settings.definition);
         tracing::info!(listener = %self.listen, added = ?change.added, removed = ?change.removed, "reloaded");

@@ -299,7 +299,7 @@ fn spawn_dns(proxy: &Arc<Proxy>, dns: Option<&str>) -> Result<()> {
     let servers = upstreams_dns::Nameservers::parse(dns.unwrap_or("system"))?;
     let refresher = Arc::new(upstreams_dns::Refresher::new(
         &servers,
-        first.list.limits(),
+        &first.list.limits(),
     )?);
     let proxy = Arc::clone(proxy);
     tokio::spawn(async move {

@@ -208,7 +208,7 @@ impl Members {
         let ups = &self.upstreams;
         match rotation {
             Rotation::Hashed if !key.is_empty() => {
-                return match shared.limits.hash_mode {
+                return match shared.hash_mode {
                     HashMode::RspamdRing => self.ring().lookup(key, ok),
                     _ => self.balanced.lookup(balanced::key_hash(key), ok),
                 };
@@ -291,7 +291,7 @@ impl Members {
         let Some(b) = draw(Some(a)) else {
             return Some(a);
         };
-        let default = shared.limits.default_latency.as_secs_f64();
+        let default = f64::from_bits(shared.default_latency.load(Ordering::Relaxed));
         let load = |i: usize| {
             let up = &self.upstreams[i];
             let latency = up.latency_secs().unwrap_or(default).max(1e-9);
@@ -323,7 +323,7 @@ impl<'a> Ramp<'a> {
     fn new(shared: &'a Shared) -> Self {
         Self {
             shared,
-            window: shared.slow_start_ns,
+            window: shared.slow_start_ns.load(Ordering::Relaxed),
             now: Cell::new(None),
         }
     }
