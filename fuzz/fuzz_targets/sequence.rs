@@ -1,4 +1,4 @@
-//! Drives a list with arbitrary pick / ok / fail / release / clock / membership operations
+//! Drives a list with arbitrary pick / ok / fail / release / clock / membership / limits operations
 //! and checks the invariants after each step: counters agree with states, nothing offline is
 //! picked while something is alive, in-flight counts match the handles held, and each
 //! transition is reported once (single-threaded, so online/offline alternate per upstream).
@@ -25,6 +25,12 @@ enum Op {
     Advance { millis: u16 },
     Reconfigure { mask: u8 },
     MarkOffline { upstream: u8 },
+    SetLimits {
+        max_errors: u8,
+        consecutive: u8,
+        revive_secs: u8,
+        slow_start: bool,
+    },
 }
 
 const POOL: [&str; 6] = [
@@ -129,6 +135,23 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::MarkOffline { upstream } => {
                 let ups = list.upstreams();
                 ups[upstream as usize % ups.len()].mark_offline(Duration::from_secs(3));
+            }
+            Op::SetLimits {
+                max_errors,
+                consecutive,
+                revive_secs,
+                slow_start,
+            } => {
+                let next = list
+                    .limits()
+                    .as_ref()
+                    .clone()
+                    .with_max_errors(u32::from(max_errors % 8))
+                    .with_max_consecutive_errors(u32::from(consecutive % 6))
+                    .with_revive_time(Duration::from_secs(1 + u64::from(revive_secs % 10)))
+                    .with_slow_start(Duration::from_secs(if slow_start { 2 } else { 0 }));
+                let kept = list.set_limits(next).expect("valid limits");
+                assert!(kept.is_empty(), "only live limits changed: {kept:?}");
             }
             _ => {}
         }
