@@ -253,6 +253,79 @@ async fn relay_streams_both_ways_and_passes_half_close() {
     .await;
 }
 
+/// A backend that greets, ends its side (FIN) and then reads on: each connection sends what
+/// the backend received after its end, once the client side ends, on the returned channel.
+async fn greeting_backend() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                stream.write_all(b"hello\n").await.unwrap();
+                stream.shutdown().await.unwrap();
+                let mut after = Vec::new();
+                // A reset (the session ended while bytes were unread) counts as the end too.
+                let _ = stream.read_to_end(&mut after).await;
+                let _ = tx.send(after);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The backend's end of stream: by default it ends the session as soon as the greeting
+/// reached the client (the client sees its end, the backend sees the session's end, while the
+/// client still holds its socket open); with `--half-close` it is passed on and the client
+/// may still talk to the backend afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_end_ends_the_session_unless_half_close() {
+    let (greeter, mut heard) = greeting_backend().await;
+    let p = proxy(&greeter.to_string(), &[]);
+    let mut client = TcpStream::connect(p.addrs[0]).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+        .await
+        .expect("the backend's end reaches the client")
+        .unwrap();
+    assert_eq!(got, b"hello\n");
+    // The client has not closed, yet the backend's connection ends: the session is over.
+    let after = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .expect("the session ends without waiting for the client")
+        .unwrap();
+    assert!(after.is_empty());
+    wait_until("no active session", Duration::from_secs(3), async || {
+        !admin_get(p.addrs[1], "/metrics")
+            .await
+            .lines()
+            .any(|l| l.starts_with("upstreams_upstream_active_connections{") && !l.ends_with(" 0"))
+    })
+    .await;
+    drop(client);
+
+    let p = proxy(&greeter.to_string(), &["--half-close"]);
+    let mut client = TcpStream::connect(p.addrs[0]).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+        .await
+        .expect("the backend's end reaches the client")
+        .unwrap();
+    assert_eq!(got, b"hello\n");
+    // The session is still open towards the backend: what the client says now arrives.
+    client.write_all(b"late words").await.unwrap();
+    client.shutdown().await.unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .expect("the client's end reaches the backend")
+        .unwrap();
+    assert_eq!(after, b"late words");
+}
+
 /// A reload that changes only the limits applies them to the running list: a refusing
 /// backend tolerated under `max_errors = 1000` goes offline soon after the reload sets 1,
 /// and no client sees a failure on the way (each refusal is retried on the live backend).

@@ -16,6 +16,8 @@
 //!                                   # latest bytes before it counts as failed and the
 //!                                   # session moves on (bytes replayed); 0 = wait
 //! idle_timeout = 600.0              # seconds without a byte either way: session closed
+//! half_close = false                # true: a backend's end of stream is passed on and the
+//!                                   # session waits for the client's; false: it ends the session
 //! default_port = 80
 //!
 //! [listener.limits]                 # any of: max_errors, error_time, revive_time,
@@ -62,6 +64,8 @@ pub(crate) struct ListenerConfig {
     pub(crate) answer_timeout: f64,
     #[serde(default = "default_idle_timeout")]
     pub(crate) idle_timeout: f64,
+    #[serde(default)]
+    pub(crate) half_close: bool,
     #[serde(default)]
     pub(crate) default_port: u16,
     #[serde(default)]
@@ -115,6 +119,10 @@ pub(crate) struct Settings {
     /// `None`: wait for the backend's answer as long as the session is not idle.
     pub(crate) answer_timeout: Option<Duration>,
     pub(crate) idle_timeout: Duration,
+    /// Pass a backend's end of stream to the client and wait for the client's (each
+    /// direction closes on its own); otherwise a backend's end ends the session once its
+    /// bytes reached the client. A client's end of stream is passed on either way.
+    pub(crate) half_close: bool,
 }
 
 impl ListenerConfig {
@@ -188,6 +196,7 @@ impl ListenerConfig {
                 d if d.is_zero() => bail!("{}: must be above 0", what("idle_timeout")),
                 d => d,
             },
+            half_close: self.half_close,
         })
     }
 }

@@ -51,6 +51,11 @@ pub(crate) struct Args {
     /// Seconds without a byte in either direction after which a session is closed.
     #[arg(long, default_value_t = config::default_idle_timeout())]
     idle_timeout: f64,
+    /// Pass a backend's end of stream (FIN) to the client and keep the session until the
+    /// client ends too. Without it a backend's end closes the session once its bytes reached
+    /// the client, as nginx stream does by default. A client's end is passed on either way.
+    #[arg(long)]
+    half_close: bool,
     /// Seconds an offline upstream stays out.
     #[arg(long)]
     revive_time: Option<f64>,
@@ -104,6 +109,7 @@ fn config_from_args(args: &Args, definition: String, listen: SocketAddr) -> Conf
             connect_timeout: args.connect_timeout,
             answer_timeout: args.answer_timeout,
             idle_timeout: args.idle_timeout,
+            half_close: args.half_close,
             default_port: 0,
             limits: LimitsConfig {
                 revive_time: args.revive_time,
