@@ -326,6 +326,51 @@ async fn a_backend_end_ends_the_session_unless_half_close() {
     assert_eq!(after, b"late words");
 }
 
+/// `--rotation hash` keys on the client's address (nginx's `hash $remote_addr consistent`):
+/// clients from each of eight loopback addresses always reach one backend, and it is the one
+/// `upstreams pick` places the address text on, so the key is the address and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_rotation_keys_on_the_client_address() {
+    let addrs: Vec<String> = (0..3).map(|_| free_port().to_string()).collect();
+    let _backends: Vec<Proc> = addrs.iter().map(|a| backend(a, a)).collect();
+    let definition = addrs.join(",");
+    let p = proxy(&definition, &["--rotation", "hash"]);
+    let sources: Vec<String> = (1..=8).map(|i| format!("127.0.0.{i}")).collect();
+    let mut args = vec!["pick", definition.as_str()];
+    args.extend(sources.iter().map(String::as_str));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upstreams"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let placed: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(placed.len(), sources.len());
+    let mut reached = std::collections::HashSet::new();
+    for (source, want) in sources.iter().zip(&placed) {
+        for _ in 0..4 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+            let mut s = socket.connect(p.addrs[0]).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            let text = String::from_utf8_lossy(&buf);
+            let body = text.rsplit("\r\n\r\n").next().unwrap().trim();
+            assert_eq!(body, want, "client {source}");
+            reached.insert(body.to_owned());
+        }
+    }
+    assert!(reached.len() > 1, "eight addresses all on one backend");
+}
+
 /// A reload that changes only the limits applies them to the running list: a refusing
 /// backend tolerated under `max_errors = 1000` goes offline soon after the reload sets 1,
 /// and no client sees a failure on the way (each refusal is retried on the live backend).

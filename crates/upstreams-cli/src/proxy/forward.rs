@@ -145,9 +145,16 @@ impl Listener {
     /// so far replayed); then copy both ways.
     async fn forward(&self, mut client: TcpStream, peer: SocketAddr) {
         let settings = self.settings();
-        // nginx's `hash $remote_addr consistent`: the address as text, formatted on the stack.
+        // nginx's `hash $remote_addr consistent`: the address as text, formatted on the stack,
+        // and only for the one rotation that reads a key.
         let mut key_buf = [0u8; 48];
-        let key = ip_text(peer.ip(), &mut key_buf);
+        let hashed =
+            self.list.rotation().unwrap_or(settings.rotation) == upstreams::Rotation::Hashed;
+        let key = if hashed {
+            ip_text(peer.ip(), &mut key_buf)
+        } else {
+            &[]
+        };
         let mut previous: Option<Arc<Upstream>> = None;
         // Two buffers from this thread's pool: `sent` keeps what the client said before any
         // backend answered (replayed on a retry), `answer` takes the backend's first bytes;
