@@ -278,6 +278,19 @@ async fn greeting_backend() -> (
     (addr, rx)
 }
 
+/// A client of [`greeting_backend`] through the proxy at `listen`, after the greeting and
+/// the backend's end of stream have reached it; its own side still open.
+async fn greeted(listen: std::net::SocketAddr) -> TcpStream {
+    let mut client = TcpStream::connect(listen).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+        .await
+        .expect("the backend's end reaches the client")
+        .unwrap();
+    assert_eq!(got, b"hello\n");
+    client
+}
+
 /// The backend's end of stream: by default it ends the session as soon as the greeting
 /// reached the client (the client sees its end, the backend sees the session's end, while the
 /// client still holds its socket open); with `--half-close` it is passed on and the client
@@ -286,13 +299,7 @@ async fn greeting_backend() -> (
 async fn a_backend_end_ends_the_session_unless_half_close() {
     let (greeter, mut heard) = greeting_backend().await;
     let p = proxy(&greeter.to_string(), &[]);
-    let mut client = TcpStream::connect(p.addrs[0]).await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
-        .await
-        .expect("the backend's end reaches the client")
-        .unwrap();
-    assert_eq!(got, b"hello\n");
+    let client = greeted(p.addrs[0]).await;
     // The client has not closed, yet the backend's connection ends: the session is over.
     let after = tokio::time::timeout(Duration::from_secs(5), heard.recv())
         .await
@@ -309,13 +316,7 @@ async fn a_backend_end_ends_the_session_unless_half_close() {
     drop(client);
 
     let p = proxy(&greeter.to_string(), &["--half-close"]);
-    let mut client = TcpStream::connect(p.addrs[0]).await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
-        .await
-        .expect("the backend's end reaches the client")
-        .unwrap();
-    assert_eq!(got, b"hello\n");
+    let mut client = greeted(p.addrs[0]).await;
     // The session is still open towards the backend: what the client says now arrives.
     client.write_all(b"late words").await.unwrap();
     client.shutdown().await.unwrap();
@@ -335,9 +336,10 @@ async fn hash_rotation_keys_on_the_client_address() {
     let _backends: Vec<Proc> = addrs.iter().map(|a| backend(a, a)).collect();
     let definition = addrs.join(",");
     let p = proxy(&definition, &["--rotation", "hash"]);
-    let sources: Vec<String> = (1..=8).map(|i| format!("127.0.0.{i}")).collect();
+    let sources: Vec<std::net::IpAddr> = (1..=8).map(|i| [127, 0, 0, i].into()).collect();
+    let keys: Vec<String> = sources.iter().map(ToString::to_string).collect();
     let mut args = vec!["pick", definition.as_str()];
-    args.extend(sources.iter().map(String::as_str));
+    args.extend(keys.iter().map(String::as_str));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_upstreams"))
         .args(&args)
         .output()
@@ -351,21 +353,9 @@ async fn hash_rotation_keys_on_the_client_address() {
     let mut reached = std::collections::HashSet::new();
     for (source, want) in sources.iter().zip(&placed) {
         for _ in 0..4 {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-            let mut s = socket.connect(p.addrs[0]).await.unwrap();
-            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-                .await
-                .unwrap();
-            let mut buf = Vec::new();
-            tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-                .await
-                .expect("an answer")
-                .unwrap();
-            let text = String::from_utf8_lossy(&buf);
-            let body = text.rsplit("\r\n\r\n").next().unwrap().trim();
-            assert_eq!(body, want, "client {source}");
-            reached.insert(body.to_owned());
+            let body = request_from(Some(*source), p.addrs[0]).await.unwrap();
+            assert_eq!(&body, want, "client {source}");
+            reached.insert(body);
         }
     }
     assert!(reached.len() > 1, "eight addresses all on one backend");

@@ -4,7 +4,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -100,8 +100,23 @@ pub fn proxy(definition: &str, extra: &[&str]) -> Proc {
 
 /// One HTTP request through `addr` with `Connection: close`; the body on success.
 pub async fn request(addr: SocketAddr) -> Result<String, String> {
+    request_from(None, addr).await
+}
+
+/// [`request`] from the source address `from` (any loopback address) when given.
+pub async fn request_from(from: Option<IpAddr>, addr: SocketAddr) -> Result<String, String> {
     let work = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut s = match from {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+                socket
+                    .bind(SocketAddr::new(ip, 0))
+                    .map_err(|e| e.to_string())?;
+                socket.connect(addr).await
+            }
+        }
+        .map_err(|e| e.to_string())?;
         s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
             .await
             .map_err(|e| e.to_string())?;
