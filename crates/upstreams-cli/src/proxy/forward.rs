@@ -438,11 +438,11 @@ async fn first_answer(
 /// answer still flows back. The backend's end, once all it sent reached the client, ends the
 /// session, unless `half_close`: then it is passed to the client and the session waits for
 /// the client's end. Ending there saves the client's round trip and, on short connections,
-/// 4–7 % of the proxy's CPU (a `shutdown`, a wake-up and a read per connection). nginx
-/// stream, unless `proxy_half_close on`, ends the session at either side's end; a client's
-/// end is passed on here, because a client that ends its request that way waits for the
-/// answer. When the second side ends the caller's `close` of both sockets sends the last
-/// FIN, so no second `shutdown` is made.
+/// 4–13 % of the proxy's CPU (a `shutdown`, a wake-up and a read per connection; measured by
+/// `scripts/ab-proxy`, BENCHMARKS.md). nginx stream, unless `proxy_half_close on`, ends the
+/// session at either side's end; a client's end is passed on here, because a client that
+/// ends its request that way waits for the answer. When the second side ends the caller's
+/// `close` of both sockets sends the last FIN, so no second `shutdown` is made.
 async fn relay(
     client: &mut TcpStream,
     backend: &mut TcpStream,
