@@ -153,3 +153,66 @@ fn simulate_runs_on_its_embedded_default() {
     // moved from healthy and not back after revive are both 0
     assert_eq!(&cols[cols.len() - 2..], ["0", "0"], "{balanced}");
 }
+
+/// Settings the proxy cannot serve are refused at start, naming the setting or entry; none is
+/// accepted only to fail every session later.
+#[test]
+fn proxy_refuses_what_it_cannot_serve() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--idle-timeout", "1e19"],
+            "idle_timeout: 1e19 is out of range",
+        ),
+        (
+            &["--answer-timeout", "1e19"],
+            "answer_timeout: 1e19 is out of range",
+        ),
+        (
+            &["--connect-timeout", "0"],
+            "connect_timeout: 0.0 is out of range",
+        ),
+        (&["--idle-timeout=-1"], "idle_timeout: -1.0 is out of range"),
+        (
+            &["--answer-timeout", "NaN"],
+            "answer_timeout: NaN is out of range",
+        ),
+        (
+            &["--drain-timeout", "1e300"],
+            "drain_timeout: 1e300 is out of range",
+        ),
+        (
+            &["--revive-time", "1e19"],
+            "limits.revive_time: 1e19 is out of range",
+        ),
+    ];
+    for (extra, message) in cases {
+        let mut args = vec!["proxy", "127.0.0.1:9", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let (code, _, err) = upstreams(&args);
+        assert_eq!(code, 2, "{extra:?} accepted");
+        assert!(err.contains(message), "{extra:?}: {err}");
+    }
+    // An entry with no port and no default port.
+    let (code, _, err) = upstreams(&["proxy", "127.0.0.1:9,127.0.0.2", "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("entry \"127.0.0.2\" has no port"), "{err}");
+    // --demo with a definition or a config file.
+    for extra in [&["127.0.0.1:9"][..], &["--config", "/dev/null"][..]] {
+        let mut args = vec!["proxy", "--demo"];
+        args.extend_from_slice(extra);
+        let (code, _, err) = upstreams(&args);
+        assert_eq!(code, 2, "{args:?} accepted");
+        assert!(err.contains("cannot be used with"), "{err}");
+    }
+    // An unknown retry condition.
+    let (code, _, err) = upstreams(&[
+        "proxy",
+        "127.0.0.1:9",
+        "--listen",
+        "127.0.0.1:0",
+        "--retry-on",
+        "connect,always",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid value 'always'"), "{err}");
+}

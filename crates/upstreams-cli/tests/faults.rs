@@ -81,9 +81,18 @@ async fn silent_backend_is_failed_and_its_clients_are_served_elsewhere() {
     let a = backend("a", "127.0.0.1:0");
     let silent = silent_backend().await;
     let def = format!("round-robin:{},{silent}", a.addrs[0]);
+    // The requests are idempotent GETs: replaying them after the answer timeout is safe, so
+    // this listener opts in.
     let p = proxy(
         &def,
-        &["--answer-timeout", "0.3", "--max-consecutive-errors", "3"],
+        &[
+            "--answer-timeout",
+            "0.3",
+            "--retry-on",
+            "connect,answer-timeout",
+            "--max-consecutive-errors",
+            "3",
+        ],
     );
     let (listen, admin) = (p.addrs[0], p.addrs[1]);
     let figures = Arc::new(Load::default());
@@ -128,6 +137,11 @@ async fn reset_mid_stream_closes_the_client_promptly_and_leaks_nothing() {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
     assert!(served > 0 && cut > 0, "served {served}, cut {cut}");
+    // Each reset after the answer began was a failure of that backend: five in a row took
+    // it out, so the later clients were all served.
+    let admin = p.addrs[1];
+    assert_eq!(state_of(admin, &reset.to_string()).await, "offline");
+    assert!(cut <= 6, "cut {cut}: the resetting backend stayed in");
     // Every session's two descriptors were closed.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (fds_after, _) = fds_and_rss(pid);
@@ -255,6 +269,9 @@ async fn steady_load_over_faulty_backends_leaks_nothing() {
         &[
             "--answer-timeout",
             "0.2",
+            // Idempotent GETs: the silent backend's clients may be replayed elsewhere.
+            "--retry-on",
+            "connect,closed-before-answer,answer-timeout",
             "--connect-timeout",
             "0.2",
             "--revive-time",

@@ -67,6 +67,7 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
                         "bytes_in": s.bytes_in.load(Ordering::Relaxed),
                         "bytes_out": s.bytes_out.load(Ordering::Relaxed),
                         "connect_failures": s.connect_failures.load(Ordering::Relaxed),
+                        "session_failures": s.session_failures.load(Ordering::Relaxed),
                         "last_change": last_change,
                     })
                 })
@@ -77,6 +78,7 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
                 "rotation": l.list.rotation().unwrap_or(settings.rotation).to_string(),
                 "accepted": l.stats.accepted.load(Ordering::Relaxed),
                 "refused": l.stats.refused.load(Ordering::Relaxed),
+                "failed": l.stats.failed.load(Ordering::Relaxed),
                 "idle_closed": l.stats.idle_closed.load(Ordering::Relaxed),
                 "accept_errors": l.stats.accept_errors.load(Ordering::Relaxed),
                 "upstreams": upstreams,
@@ -268,6 +270,15 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
         })
         .into_iter(),
     );
+    family(
+        "upstreams_upstream_session_failures_total",
+        "counter",
+        "Failures after a connect: closed or silent before answering, reset after answering.",
+        &mut gauge("upstreams_upstream_session_failures_total", &|_, s| {
+            load(&s.session_failures)
+        })
+        .into_iter(),
+    );
     let histogram: Vec<String> = rows
         .iter()
         .flat_map(|(labels, _, s)| {
@@ -302,6 +313,15 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
         "Clients closed: no upstream could take them.",
         &mut per_listener("upstreams_listener_refused_total", &|s| {
             s.refused.load(Ordering::Relaxed)
+        })
+        .into_iter(),
+    );
+    family(
+        "upstreams_listener_failed_total",
+        "counter",
+        "Clients closed: their backend failed after their bytes reached it (not retried).",
+        &mut per_listener("upstreams_listener_failed_total", &|s| {
+            s.failed.load(Ordering::Relaxed)
         })
         .into_iter(),
     );

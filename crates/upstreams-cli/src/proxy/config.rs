@@ -11,14 +11,18 @@
 //! rotation = "round-robin"          # when the definition has no prefix (default round-robin)
 //! hash = "balanced"                 # or "rspamd-ring"; for rotation "hash" (key: client IP)
 //! retries = 2                       # other upstreams tried after a failed connect
+//! retry_on = ["connect"]            # when a retry may happen; adding "closed-before-answer"
+//!                                   # or "answer-timeout" replays the client's bytes to
+//!                                   # another backend: it DUPLICATES non-idempotent requests
 //! connect_timeout = 1.0             # seconds
 //! answer_timeout = 0.0              # seconds a backend may take to answer the client's
-//!                                   # latest bytes before it counts as failed and the
-//!                                   # session moves on (bytes replayed); 0 = wait
+//!                                   # latest bytes before it counts as failed (the client
+//!                                   # is closed, or replayed with "answer-timeout"); 0 = wait
 //! idle_timeout = 600.0              # seconds without a byte either way: session closed
 //! half_close = false                # true: a backend's end of stream is passed on and the
 //!                                   # session waits for the client's; false: it ends the session
-//! default_port = 80
+//! default_port = 80                 # for entries without a port (else such an entry is
+//!                                   # an error); every duration is 0 < s <= one year
 //!
 //! [listener.limits]                 # any of: max_errors, error_time, revive_time,
 //! revive_time = 30.0                # revive_jitter, max_consecutive_errors, slow_start, ...
@@ -30,7 +34,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use upstreams::{Definition, HashMode, Limits, Rotation};
+use upstreams::{Definition, HashMode, Host, Limits, Rotation};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -58,6 +62,8 @@ pub(crate) struct ListenerConfig {
     pub(crate) hash: Option<String>,
     #[serde(default = "default_retries")]
     pub(crate) retries: u32,
+    #[serde(default = "default_retry_on")]
+    pub(crate) retry_on: Vec<RetryOn>,
     #[serde(default = "default_connect_timeout")]
     pub(crate) connect_timeout: f64,
     #[serde(default)]
@@ -74,6 +80,45 @@ pub(crate) struct ListenerConfig {
 
 fn default_retries() -> u32 {
     2
+}
+
+/// Only what cannot duplicate a request: no byte of the client reached a backend.
+pub(crate) fn default_retry_on() -> Vec<RetryOn> {
+    vec![RetryOn::Connect]
+}
+
+/// When a client may be moved to another upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RetryOn {
+    /// The connect failed or timed out, or the backend closed before any client byte was
+    /// written to it: nothing reached a backend, so a retry is always safe.
+    Connect,
+    /// The backend closed (or reset) after reading client bytes and before its first byte:
+    /// the bytes are replayed elsewhere. The first backend may have acted on them.
+    ClosedBeforeAnswer,
+    /// The backend stayed silent for `answer_timeout` after the client's latest bytes: the
+    /// bytes are replayed elsewhere. The first backend may still act on them.
+    AnswerTimeout,
+}
+
+/// The retry rule of a listener, from its `retry_on` list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct RetryPolicy {
+    pub(crate) connect: bool,
+    pub(crate) closed_before_answer: bool,
+    pub(crate) answer_timeout: bool,
+}
+
+impl RetryPolicy {
+    pub(crate) fn from_list(list: &[RetryOn]) -> Self {
+        let has = |r| list.contains(&r);
+        Self {
+            connect: has(RetryOn::Connect),
+            closed_before_answer: has(RetryOn::ClosedBeforeAnswer),
+            answer_timeout: has(RetryOn::AnswerTimeout),
+        }
+    }
 }
 
 fn default_connect_timeout() -> f64 {
@@ -102,9 +147,30 @@ pub(crate) struct LimitsConfig {
     pub(crate) probe_max_backoff: Option<f64>,
 }
 
-fn secs(what: &str, v: f64) -> Result<Duration> {
+/// The longest duration any setting takes (a year): beyond it a deadline computed from "now"
+/// could overflow the clock, and nothing operational waits that long.
+pub(crate) const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// `v` seconds as a duration, if it lies within `min..=MAX_SECONDS` (`min` itself excluded
+/// when `above_min`), or an error naming the setting and the range.
+fn secs_within(what: &str, v: f64, min: f64, above_min: bool) -> Result<Duration> {
+    let low_ok = if above_min { v > min } else { v >= min };
+    if !(low_ok && v <= MAX_SECONDS) {
+        let low = if above_min { "above" } else { "at least" };
+        bail!("{what}: {v:?} is out of range (seconds, {low} {min} and at most {MAX_SECONDS})");
+    }
     Duration::try_from_secs_f64(v)
         .with_context(|| format!("{what}: {v} is not a duration in seconds"))
+}
+
+/// A duration setting that may be zero.
+fn secs(what: &str, v: f64) -> Result<Duration> {
+    secs_within(what, v, 0.0, false)
+}
+
+/// A duration setting that must be above zero.
+fn positive_secs(what: &str, v: f64) -> Result<Duration> {
+    secs_within(what, v, 0.0, true)
 }
 
 /// A listener's settings, checked.
@@ -115,6 +181,7 @@ pub(crate) struct Settings {
     pub(crate) rotation: Rotation,
     pub(crate) limits: Limits,
     pub(crate) retries: u32,
+    pub(crate) retry_on: RetryPolicy,
     pub(crate) connect_timeout: Duration,
     /// `None`: wait for the backend's answer as long as the session is not idle.
     pub(crate) answer_timeout: Option<Duration>,
@@ -130,6 +197,18 @@ impl ListenerConfig {
         let what = |field: &str| format!("listener {}: {field}", self.listen);
         let definition = Definition::parse(&self.upstreams, self.default_port)
             .with_context(|| what("upstreams"))?;
+        if let Some(entry) = definition
+            .entries()
+            .iter()
+            .find(|e| e.port() == 0 && !matches!(e.host(), Host::Unix(_) | Host::Srv { .. }))
+        {
+            bail!(
+                "{}: entry {:?} has no port (write host:port, or give a default port: \
+                 default_port in the file, --default-port on the command line)",
+                what("upstreams"),
+                entry.name()
+            );
+        }
         let rotation = match &self.rotation {
             Some(r) => r
                 .parse::<Rotation>()
@@ -189,13 +268,11 @@ impl ListenerConfig {
             rotation,
             limits,
             retries: self.retries,
-            connect_timeout: secs(&what("connect_timeout"), self.connect_timeout)?,
+            retry_on: RetryPolicy::from_list(&self.retry_on),
+            connect_timeout: positive_secs(&what("connect_timeout"), self.connect_timeout)?,
             answer_timeout: Some(secs(&what("answer_timeout"), self.answer_timeout)?)
                 .filter(|d| !d.is_zero()),
-            idle_timeout: match secs(&what("idle_timeout"), self.idle_timeout)? {
-                d if d.is_zero() => bail!("{}: must be above 0", what("idle_timeout")),
-                d => d,
-            },
+            idle_timeout: positive_secs(&what("idle_timeout"), self.idle_timeout)?,
             half_close: self.half_close,
         })
     }

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use upstreams::{Event, Events, FailKind, Upstream, UpstreamList};
 
 use super::config::Settings;
-use super::stats::Stats;
+use super::stats::{Stats, UpStats};
 
 /// A running listener: its list, settings (replaced on reload) and figures.
 pub(crate) struct Listener {
@@ -141,8 +141,9 @@ impl Listener {
     }
 
     /// One client: pick, connect, and wait for the backend's first byte, retrying elsewhere
-    /// when the connect fails or the backend closes before answering (with the client's bytes
-    /// so far replayed); then copy both ways.
+    /// when nothing of the client reached the backend (the connect failed, or the backend
+    /// closed first); with `retry_on` opted in, also when the backend closes or stays silent
+    /// after reading the client's bytes, which are then replayed. Then copy both ways.
     async fn forward(&self, mut client: TcpStream, peer: SocketAddr) {
         let settings = self.settings();
         // nginx's `hash $remote_addr consistent`: the address as text, formatted on the stack,
@@ -164,6 +165,13 @@ impl Listener {
         let mut client_done = false;
         // Upstreams this client already failed on: a retry goes elsewhere while it can.
         let mut tried: Vec<Arc<Upstream>> = Vec::new();
+        let policy = settings.retry_on;
+        let fail = |picked: upstreams::Picked, reason: &str| {
+            tracing::debug!(%peer, upstream = picked.name(), reason, "upstream failed");
+            let up = Arc::clone(picked.upstream());
+            picked.fail(FailKind::Address, reason);
+            up
+        };
         for _attempt in 0..=settings.retries {
             let picked = match &previous {
                 None => self.list.get(settings.rotation, key),
@@ -175,15 +183,14 @@ impl Listener {
             let Some(picked) = picked else { break };
             let figures = self.stats.upstream(picked.name());
             figures.picks.fetch_add(1, Ordering::Relaxed);
-            let failed = |picked: upstreams::Picked, reason: &str| {
-                figures.connect_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, upstream = picked.name(), reason, "upstream failed; retrying");
-                let up = Arc::clone(picked.upstream());
-                picked.fail(FailKind::Address, reason);
-                up
-            };
+            // A failure before any byte of the client reached this backend: retried when
+            // `connect` is in `retry_on` (nothing can be duplicated).
             let Some(addr) = picked.next_addr() else {
-                previous = Some(failed(picked, "no address"));
+                figures.connect_failures.fetch_add(1, Ordering::Relaxed);
+                previous = Some(fail(picked, "no address"));
+                if !policy.connect {
+                    break;
+                }
                 continue;
             };
             let started = Instant::now();
@@ -199,33 +206,67 @@ impl Listener {
                     break;
                 }
                 Ok(Err(err)) => {
-                    previous = Some(failed(picked, &err.to_string()));
+                    figures.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    previous = Some(fail(picked, &err.to_string()));
+                    if !policy.connect {
+                        break;
+                    }
                     continue;
                 }
                 Err(_) => {
-                    previous = Some(failed(picked, "connect timeout"));
+                    figures.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    previous = Some(fail(picked, "connect timeout"));
+                    if !policy.connect {
+                        break;
+                    }
                     continue;
                 }
             };
-            let seconds = started.elapsed().as_secs_f64();
-            figures.observe_connect(seconds);
-            picked.record_latency(seconds);
+            let connect_time = started.elapsed();
+            figures.observe_connect(connect_time.as_secs_f64());
             let _ = backend.set_nodelay(true);
             let timers = Timers {
                 answer: settings.answer_timeout,
                 idle: settings.idle_timeout,
             };
-            match first_answer(
+            let first = first_answer(
                 &mut client,
                 &mut backend,
                 sent,
                 answer,
                 &mut client_done,
                 timers,
+                &figures,
             )
-            .await
-            {
-                First::Answered(n) => figures.bytes_in.fetch_add(n, Ordering::Relaxed),
+            .await;
+            // Whether any byte of the client was handed to this backend: from then on only
+            // an opted-in `retry_on` may move the session (its bytes would be replayed).
+            let reached = !sent.is_empty();
+            let (reason, may_retry) = match first {
+                First::Answered(wait) => {
+                    // p2c's latency: connect plus the wait for the first answer byte after the
+                    // client's latest bytes (not the time a client took to speak).
+                    picked.record_latency((connect_time + wait).as_secs_f64());
+                    // A probe's answer brings its upstream back at once; any other success
+                    // is reported when the session ends well (a reset mid-answer is a
+                    // failure, and an `ok()` now would clear the error window it counts in).
+                    // The pick stays in flight for the whole session (p2c's load).
+                    if !picked.upstream().is_alive() {
+                        picked.upstream().ok();
+                    }
+                    self.relay_session(
+                        &mut client,
+                        &mut backend,
+                        [sent, answer],
+                        client_done,
+                        &settings,
+                        picked,
+                        &figures,
+                        peer,
+                    )
+                    .await;
+                    return;
+                }
                 First::ClientGone => return,
                 First::Idle => {
                     // Nobody said anything for `idle_timeout`: not the backend's fault.
@@ -234,40 +275,32 @@ impl Listener {
                     picked.release();
                     return;
                 }
-                First::BackendClosed => {
-                    previous = Some(failed(picked, "closed before answering"));
-                    continue;
-                }
-                First::NoAnswer => {
-                    previous = Some(failed(picked, "no answer in time"));
-                    continue;
-                }
+                First::BackendClosed => (
+                    "closed before answering",
+                    if reached {
+                        policy.closed_before_answer
+                    } else {
+                        policy.connect
+                    },
+                ),
+                First::NoAnswer => (
+                    "no answer in time",
+                    if reached {
+                        policy.answer_timeout
+                    } else {
+                        policy.connect
+                    },
+                ),
             };
-            // Health: a success. The pick stays in flight for the whole session (p2c load).
-            picked.upstream().ok();
-            figures.active.fetch_add(1, Ordering::Relaxed);
-            let replayed = sent.len() as u64;
-            let (up_bytes, down_bytes, idle_closed) = relay(
-                &mut client,
-                &mut backend,
-                [sent, answer],
-                client_done,
-                settings.idle_timeout,
-                settings.half_close,
-            )
-            .await;
-            if idle_closed {
-                self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, upstream = picked.name(), "idle session closed");
+            figures.session_failures.fetch_add(1, Ordering::Relaxed);
+            previous = Some(fail(picked, reason));
+            if !may_retry {
+                // The backend may have acted on the client's bytes: sending them to another
+                // one could do it twice. The client is closed; `retry_on` opts in.
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, reason, "backend failed after the client's bytes reached it; closing (not retried)");
+                return;
             }
-            figures.active.fetch_sub(1, Ordering::Relaxed);
-            figures
-                .bytes_out
-                .fetch_add(replayed + up_bytes, Ordering::Relaxed);
-            figures.bytes_in.fetch_add(down_bytes, Ordering::Relaxed);
-            tracing::debug!(%peer, upstream = picked.name(), "session closed");
-            drop(picked);
-            return;
         }
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, "no upstream could take the client; closing");
@@ -275,6 +308,51 @@ impl Listener {
 }
 
 impl Listener {
+    /// The session after the backend's first answer: copy both ways, counting bytes as they
+    /// move; a reset or a write refused by the backend fails it (no retry: its bytes already
+    /// reached the client).
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_session(
+        &self,
+        client: &mut TcpStream,
+        backend: &mut TcpStream,
+        buffers: [&mut Vec<u8>; 2],
+        client_done: bool,
+        settings: &Settings,
+        picked: upstreams::Picked,
+        figures: &UpStats,
+        peer: SocketAddr,
+    ) {
+        figures.active.fetch_add(1, Ordering::Relaxed);
+        let end = relay(
+            client,
+            backend,
+            buffers,
+            client_done,
+            settings.idle_timeout,
+            settings.half_close,
+            figures,
+        )
+        .await;
+        figures.active.fetch_sub(1, Ordering::Relaxed);
+        match end {
+            End::Done | End::ClientFailed => {
+                tracing::debug!(%peer, upstream = picked.name(), "session closed");
+                picked.ok();
+            }
+            End::Idle => {
+                self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, upstream = picked.name(), "idle session closed");
+                picked.ok();
+            }
+            End::BackendFailed => {
+                figures.session_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, upstream = picked.name(), "backend reset the session");
+                picked.fail(FailKind::Other, "reset after answering");
+            }
+        }
+    }
+
     /// Any upstream but `prev`, preferring one not in `tried`: `get_except` excludes one
     /// upstream, so draw again (each draw moves round-robin on) while the answer is one this
     /// client already failed on; when only tried ones are left, the last draw stands.
@@ -321,6 +399,14 @@ fn is_local_exhaustion(err: &std::io::Error) -> bool {
     matches!(err.raw_os_error(), Some(23 | 24 | 105 | 12))
 }
 
+/// `from + d`, or `from` plus a year when that would overflow the clock (settings are
+/// bounded well below, so this only guards the arithmetic).
+fn later(from: Instant, d: Duration) -> Instant {
+    from.checked_add(d)
+        .or_else(|| from.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(from)
+}
+
 /// Most client bytes kept for a replay; beyond this a session is committed to its backend.
 const REPLAY_LIMIT: usize = 64 * 1024;
 
@@ -328,8 +414,9 @@ const REPLAY_LIMIT: usize = 64 * 1024;
 const READ_SIZE: usize = 16 * 1024;
 
 enum First {
-    /// The backend answered; that many bytes went to the client.
-    Answered(u64),
+    /// The backend answered (its first bytes went to the client) this long after the client's
+    /// latest bytes, or after the connect when the client had said nothing.
+    Answered(Duration),
     /// The backend closed (or reset) before sending a byte: try another one.
     BackendClosed,
     /// The backend let `answer_timeout` pass after the client's latest bytes: try another.
@@ -355,10 +442,16 @@ async fn first_answer(
     answer: &mut Vec<u8>,
     client_done: &mut bool,
     timers: Timers,
+    figures: &UpStats,
 ) -> First {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if !sent.is_empty() && backend.write_all(sent).await.is_err() {
-        return First::BackendClosed;
+    if !sent.is_empty() {
+        if backend.write_all(sent).await.is_err() {
+            return First::BackendClosed;
+        }
+        figures
+            .bytes_out
+            .fetch_add(sent.len() as u64, Ordering::Relaxed);
     }
     if *client_done && backend.shutdown().await.is_err() {
         return First::BackendClosed;
@@ -373,15 +466,18 @@ async fn first_answer(
     // that says nothing never makes a healthy backend look dead; that is the idle timer's.
     let mut answer_from = (!sent.is_empty() || *client_done).then_some(start);
     // One timer for the whole wait, moved when the deadline moves.
-    let timer = tokio::time::sleep_until((start + timers.idle).into());
+    let timer = tokio::time::sleep_until(later(start, timers.idle).into());
     tokio::pin!(timer);
     loop {
         if sent.len() >= REPLAY_LIMIT {
             // Too much to keep for a replay: commit to this backend.
-            return First::Answered(0);
+            return First::Answered(answer_from.unwrap_or(start).elapsed());
         }
-        let idle_at = idle_from + timers.idle;
-        let answer_at = timers.answer.zip(answer_from).map(|(t, from)| from + t);
+        let idle_at = later(idle_from, timers.idle);
+        let answer_at = timers
+            .answer
+            .zip(answer_from)
+            .map(|(t, from)| later(from, t));
         let (deadline, on_expiry) = match answer_at {
             Some(at) if at < idle_at => (at, First::NoAnswer),
             _ => (idle_at, First::Idle),
@@ -402,8 +498,10 @@ async fn first_answer(
                 Ok(0) | Err(_) if *client_done => return First::ClientGone,
                 Ok(0) | Err(_) => return First::BackendClosed,
                 Ok(n) => {
+                    let waited = answer_from.unwrap_or(start).elapsed();
+                    figures.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     return match client.write_all(&answer[..n]).await {
-                        Ok(()) => First::Answered(n as u64),
+                        Ok(()) => First::Answered(waited),
                         Err(_) => First::ClientGone,
                     };
                 }
@@ -421,6 +519,7 @@ async fn first_answer(
                     if backend.write_all(&sent[sent.len() - n..]).await.is_err() {
                         return First::BackendClosed;
                     }
+                    figures.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                     idle_from = Instant::now();
                     answer_from = Some(idle_from);
                 }
@@ -429,10 +528,24 @@ async fn first_answer(
     }
 }
 
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Both sides done (or the backend's end, unless half-close).
+    Done,
+    /// Neither side sent a byte for the idle timeout.
+    Idle,
+    /// The client reset or refused bytes: not the backend's fault.
+    ClientFailed,
+    /// The backend reset, or refused the client's bytes (closed while they were still
+    /// coming): a failure of the backend.
+    BackendFailed,
+}
+
 /// Copies both ways (only backend → client once the client has half-closed) until both
 /// sides are done or one fails, or until neither has sent a byte for `idle`. `buffers` carry
-/// client → backend and backend → client. Returns the bytes each way and whether the idle
-/// timer ended it.
+/// client → backend and backend → client; each read is added to `figures`' byte counters at
+/// once, so a long session's traffic shows while it lasts.
 ///
 /// The client's end of stream is passed to the backend (`shutdown`), and the backend's
 /// answer still flows back. The backend's end, once all it sent reached the client, ends the
@@ -450,7 +563,8 @@ async fn relay(
     client_done: bool,
     idle: Duration,
     half_close: bool,
-) -> (u64, u64, bool) {
+    figures: &UpStats,
+) -> End {
     // The same moment on both clocks: reads note activity on the coarse one, the timer runs
     // on the precise one (so it may fire up to a tick early).
     let (epoch, coarse_epoch) = (Instant::now(), coarsetime::Instant::now());
@@ -460,55 +574,64 @@ async fn relay(
         epoch: coarse_epoch,
     };
     let [up_buf, down_buf] = buffers;
-    let mut up = Half::new(up_buf, client_done);
-    let mut down = Half::new(down_buf, false);
-    let idle_closed = {
-        let copy = std::future::poll_fn(|cx| {
-            // An I/O error (a reset) ends the session like its end: nothing to retry any more.
-            if !up.ended {
-                match up.poll_copy(cx, client, backend, activity) {
-                    Poll::Ready(Ok(())) if !down.ended => {
-                        if let Poll::Ready(Err(_)) = Pin::new(&mut *backend).poll_shutdown(cx) {
-                            return Poll::Ready(());
-                        }
+    let mut up = Half::new(up_buf, client_done, &figures.bytes_out);
+    let mut down = Half::new(down_buf, false, &figures.bytes_in);
+    let copy = std::future::poll_fn(|cx| {
+        // An I/O error ends the session like its end (nothing to retry any more); whose
+        // error it was decides whether the backend is blamed.
+        if !up.ended {
+            match up.poll_copy(cx, client, backend, activity) {
+                Poll::Ready(Ok(())) if !down.ended => {
+                    if let Poll::Ready(Err(_)) = Pin::new(&mut *backend).poll_shutdown(cx) {
+                        return Poll::Ready(End::BackendFailed);
                     }
-                    Poll::Ready(Ok(())) | Poll::Pending => {}
-                    Poll::Ready(Err(_)) => return Poll::Ready(()),
                 }
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+                Poll::Ready(Err(Side::Source)) => return Poll::Ready(End::ClientFailed),
+                Poll::Ready(Err(Side::Sink)) => return Poll::Ready(End::BackendFailed),
             }
-            if !down.ended {
-                match down.poll_copy(cx, backend, client, activity) {
-                    Poll::Ready(Ok(())) if !up.ended && !half_close => return Poll::Ready(()),
-                    Poll::Ready(Ok(())) if !up.ended => {
-                        if let Poll::Ready(Err(_)) = Pin::new(&mut *client).poll_shutdown(cx) {
-                            return Poll::Ready(());
-                        }
+        }
+        if !down.ended {
+            match down.poll_copy(cx, backend, client, activity) {
+                Poll::Ready(Ok(())) if !up.ended && !half_close => return Poll::Ready(End::Done),
+                Poll::Ready(Ok(())) if !up.ended => {
+                    if let Poll::Ready(Err(_)) = Pin::new(&mut *client).poll_shutdown(cx) {
+                        return Poll::Ready(End::ClientFailed);
                     }
-                    Poll::Ready(Ok(())) | Poll::Pending => {}
-                    Poll::Ready(Err(_)) => return Poll::Ready(()),
                 }
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+                Poll::Ready(Err(Side::Source)) => return Poll::Ready(End::BackendFailed),
+                Poll::Ready(Err(Side::Sink)) => return Poll::Ready(End::ClientFailed),
             }
-            if up.ended && down.ended {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        });
-        tokio::pin!(copy);
-        loop {
-            let quiet_since = epoch + Duration::from_micros(last.load(Ordering::Relaxed));
-            tokio::select! {
-                () = &mut copy => break false,
-                () = tokio::time::sleep_until((quiet_since + idle).into()) => {
-                    let latest = epoch + Duration::from_micros(last.load(Ordering::Relaxed));
-                    if latest == quiet_since {
-                        break true;
-                    }
+        }
+        if up.ended && down.ended {
+            Poll::Ready(End::Done)
+        } else {
+            Poll::Pending
+        }
+    });
+    tokio::pin!(copy);
+    loop {
+        let quiet_since = epoch + Duration::from_micros(last.load(Ordering::Relaxed));
+        tokio::select! {
+            end = &mut copy => return end,
+            () = tokio::time::sleep_until(later(quiet_since, idle).into()) => {
+                let latest = epoch + Duration::from_micros(last.load(Ordering::Relaxed));
+                if latest == quiet_since {
+                    return End::Idle;
                 }
             }
         }
-    };
-    (up.bytes, down.bytes, idle_closed)
+    }
+}
+
+/// Which end of a [`Half`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Reading from the source.
+    Source,
+    /// Writing to the sink.
+    Sink,
 }
 
 /// Where [`relay`] notes when a side last delivered bytes: microseconds since `epoch` on the
@@ -536,39 +659,41 @@ impl Activity<'_> {
 struct Half<'a> {
     buf: &'a mut Vec<u8>,
     at: usize,
+    /// Where bytes read are counted (the upstream's bytes in or out).
+    counter: &'a AtomicU64,
     /// The source has ended and everything read from it was written.
     ended: bool,
     /// The source has ended.
     eof: bool,
-    bytes: u64,
 }
 
 impl<'a> Half<'a> {
-    fn new(buf: &'a mut Vec<u8>, ended: bool) -> Self {
+    fn new(buf: &'a mut Vec<u8>, ended: bool, counter: &'a AtomicU64) -> Self {
         buf.clear();
         Self {
             buf,
             at: 0,
+            counter,
             ended,
             eof: ended,
-            bytes: 0,
         }
     }
 
-    /// Moves bytes from `src` to `dst` until `src` ends (ready), fails, or must wait. Reads
-    /// go into the buffer's spare capacity, so nothing is zeroed.
+    /// Moves bytes from `src` to `dst` until `src` ends (ready), fails (naming the side), or
+    /// must wait. Reads go into the buffer's spare capacity, so nothing is zeroed.
     fn poll_copy(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut TcpStream,
         dst: &mut TcpStream,
         activity: Activity<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    ) -> Poll<Result<(), Side>> {
         loop {
             if self.at < self.buf.len() {
-                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf[self.at..]))?;
+                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf[self.at..]))
+                    .map_err(|_| Side::Sink)?;
                 if n == 0 {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                    return Poll::Ready(Err(Side::Sink));
                 }
                 self.at += n;
                 continue;
@@ -583,11 +708,13 @@ impl<'a> Half<'a> {
                 Pin::new(&mut *src),
                 cx,
                 &mut *self.buf
-            ))?;
+            ))
+            .map_err(|_| Side::Source)?;
             if n == 0 {
                 self.eof = true;
             } else {
-                self.bytes += n as u64;
+                // Relaxed: a figure for the pages, read on its own.
+                self.counter.fetch_add(n as u64, Ordering::Relaxed);
                 activity.note();
             }
         }

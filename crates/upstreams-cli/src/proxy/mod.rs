@@ -30,7 +30,7 @@ pub(crate) struct Args {
     #[arg(long, conflicts_with_all = ["definition", "demo"])]
     config: Option<PathBuf>,
     /// Start three built-in backends and a listener on them: see it work with one command.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["definition", "config"])]
     demo: bool,
     /// Rotation when the definition has no prefix (hash uses the client IP as key).
     #[arg(long, default_value = "round-robin")]
@@ -41,6 +41,15 @@ pub(crate) struct Args {
     /// Other upstreams tried after a failed connect.
     #[arg(long, default_value_t = 2)]
     retries: u32,
+    /// When a client may move to another upstream, comma-separated: `connect` (nothing of the
+    /// client reached a backend; always safe), `closed-before-answer`, `answer-timeout`. The
+    /// last two replay the client's bytes elsewhere and so DUPLICATE non-idempotent requests.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "connect")]
+    retry_on: Vec<config::RetryOn>,
+    /// Port for entries that name none (`127.0.0.1` alone); without it such an entry is an
+    /// error.
+    #[arg(long, default_value_t = 0)]
+    default_port: u16,
     /// Connect timeout in seconds.
     #[arg(long, default_value_t = 1.0)]
     connect_timeout: f64,
@@ -106,11 +115,12 @@ fn config_from_args(args: &Args, definition: String, listen: SocketAddr) -> Conf
             rotation: Some(args.rotation.clone()),
             hash: args.hash.clone(),
             retries: args.retries,
+            retry_on: args.retry_on.clone(),
             connect_timeout: args.connect_timeout,
             answer_timeout: args.answer_timeout,
             idle_timeout: args.idle_timeout,
             half_close: args.half_close,
-            default_port: 0,
+            default_port: args.default_port,
             limits: LimitsConfig {
                 revive_time: args.revive_time,
                 revive_jitter: args.revive_jitter,

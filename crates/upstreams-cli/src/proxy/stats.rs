@@ -17,6 +17,8 @@ pub(crate) struct UpStats {
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
+    /// Failures after a connect: closed or silent before answering, reset after answering.
+    pub(crate) session_failures: AtomicU64,
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_nanos: AtomicU64,
@@ -63,6 +65,9 @@ pub(crate) struct Stats {
     per: RwLock<HashMap<String, Arc<UpStats>>>,
     /// Clients closed because no upstream could take them.
     pub(crate) refused: AtomicU64,
+    /// Clients closed because their backend failed after their bytes reached it, and
+    /// `retry_on` did not allow replaying them elsewhere.
+    pub(crate) failed: AtomicU64,
     pub(crate) accepted: AtomicU64,
     /// Sessions closed by the idle timer.
     pub(crate) idle_closed: AtomicU64,
