@@ -196,6 +196,22 @@ fn proxy_refuses_what_it_cannot_serve() {
     let (code, _, err) = upstreams(&["proxy", "127.0.0.1:9,127.0.0.2", "--listen", "127.0.0.1:0"]);
     assert_eq!(code, 2);
     assert!(err.contains("entry \"127.0.0.2\" has no port"), "{err}");
+    // The same upstream twice (its metrics series would collide).
+    let (code, _, err) = upstreams(&[
+        "proxy",
+        "127.0.0.1:9,127.0.0.1:9:3",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("entry 2 \"127.0.0.1:9\" is listed twice"),
+        "{err}"
+    );
+    // A listen address that is none.
+    let (code, _, err) = upstreams(&["proxy", "127.0.0.1:9", "--listen", "unix:relative.sock"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("must be absolute"), "{err}");
     // --demo with a definition or a config file.
     for extra in [&["127.0.0.1:9"][..], &["--config", "/dev/null"][..]] {
         let mut args = vec!["proxy", "--demo"];

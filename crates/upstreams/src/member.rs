@@ -31,12 +31,14 @@ pub struct MembershipChange {
     pub added: Vec<String>,
     /// Names of the members that were drained.
     pub removed: Vec<String>,
+    /// Names of the members that stayed with a new weight (or priority).
+    pub reweighted: Vec<String>,
 }
 
 impl MembershipChange {
     /// True when nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty()
+        self.added.is_empty() && self.removed.is_empty() && self.reweighted.is_empty()
     }
 }
 
@@ -205,13 +207,25 @@ impl UpstreamList {
                     }
                     continue;
                 }
-            } else if let Some(i) = same_name(&by_name, entry.name()).find(|&i| {
-                // Same name, different weight or port: not it.
-                !used[i] && current.upstreams[i].entry() == entry
-            }) {
+            } else if let Some(i) = same_name(&by_name, entry.name())
+                .find(|&i| !used[i] && current.upstreams[i].entry() == entry)
+                .or_else(|| {
+                    // The same backend with another weight (or priority) stays the same
+                    // upstream, health and in-flight picks included.
+                    same_name(&by_name, entry.name()).find(|&i| {
+                        let old = current.upstreams[i].entry();
+                        !used[i] && old.host() == entry.host() && old.port() == entry.port()
+                    })
+                })
+            {
                 used[i] = true;
-                current.upstreams[i].set_group(group);
-                next.push(Arc::clone(&current.upstreams[i]));
+                let up = &current.upstreams[i];
+                up.set_group(group);
+                if up.weight() != entry.weight() {
+                    up.set_weight(entry.weight());
+                    change.reweighted.push(up.name().to_owned());
+                }
+                next.push(Arc::clone(up));
                 continue;
             }
             let up = Upstream::new(entry.clone(), group, 0, Arc::clone(shared));

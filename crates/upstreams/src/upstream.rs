@@ -39,6 +39,9 @@ struct Addrs {
 /// A backend of a list. Shared by `Arc`; every method takes `&self`.
 pub struct Upstream {
     entry: Entry,
+    /// Weight (round-robin) or priority (master-slave): the entry's, until a reload changes
+    /// only this field of the entry and keeps the upstream (and its health).
+    weight: AtomicU32,
     /// Position in the current membership snapshot (updated when membership changes).
     slot: AtomicUsize,
     /// The definition entry it comes from (an SRV entry has several members); changes when
@@ -94,6 +97,7 @@ impl Upstream {
         };
         Arc::new_cyclic(|me| Self {
             tokens: crate::select::tokens::Bucket::new(),
+            weight: AtomicU32::new(u32::from(entry.weight())),
             entry,
             slot: AtomicUsize::new(group),
             group: AtomicUsize::new(group),
@@ -123,12 +127,20 @@ impl Upstream {
         self.entry.port()
     }
 
-    /// Weight (round-robin) or priority (master-slave).
+    /// Weight (round-robin) or priority (master-slave); a reload may change it.
     pub fn weight(&self) -> u16 {
-        self.entry.weight()
+        // Relaxed: a lone figure; a membership rebuild that depends on it is published
+        // after it is stored.
+        u16::try_from(self.weight.load(Ordering::Relaxed)).unwrap_or(u16::MAX)
     }
 
-    /// The parsed entry it comes from.
+    /// A reload changed only the weight of this upstream's entry.
+    pub(crate) fn set_weight(&self, weight: u16) {
+        self.weight.store(u32::from(weight), Ordering::Relaxed);
+    }
+
+    /// The parsed entry it comes from, as first configured: a reload that changes only the
+    /// weight keeps the upstream, so read the weight from [`Upstream::weight`].
     pub fn entry(&self) -> &Entry {
         &self.entry
     }

@@ -210,3 +210,57 @@ fn a_snapshot_held_across_a_reload_never_picks_a_drained_member() {
         assert!(picks >= 32, "{rotation:?}: {picks} picks");
     }
 }
+
+/// A reload that changes only an entry's weight (or master-slave priority) keeps the
+/// upstream: an offline one stays offline with its errors, in-flight picks stay counted, and
+/// the new weight is what the rotation uses.
+#[test]
+fn reconfigure_with_a_new_weight_keeps_the_upstream() {
+    let (l, clock) = list(
+        "round-robin:127.0.0.1:80:1,127.0.0.2:80:1,127.0.0.3:80:1",
+        exact(),
+    );
+    common::take_offline(&l, &clock, "127.0.0.2:80");
+    let two = l.find("127.0.0.2:80").unwrap();
+    let one = l.find("127.0.0.1:80").unwrap();
+    let held = l.get(Rotation::RoundRobin, b"").unwrap();
+    let held_name = held.name().to_owned();
+    let def = upstreams::Definition::parse(
+        "round-robin:127.0.0.1:80:5,127.0.0.2:80:3,127.0.0.3:80:1",
+        0,
+    )
+    .unwrap();
+    let change = l.reconfigure(&def);
+    assert!(
+        change.added.is_empty() && change.removed.is_empty(),
+        "{change:?}"
+    );
+    assert_eq!(change.reweighted, ["127.0.0.1:80", "127.0.0.2:80"]);
+    assert!(std::sync::Arc::ptr_eq(
+        &two,
+        &l.find("127.0.0.2:80").unwrap()
+    ));
+    assert!(
+        !two.is_alive(),
+        "a dead backend came back alive through a weight change"
+    );
+    assert!(std::sync::Arc::ptr_eq(
+        &one,
+        &l.find("127.0.0.1:80").unwrap()
+    ));
+    assert_eq!(one.weight(), 5);
+    assert_eq!(
+        l.find(&held_name).unwrap().inflight(),
+        1,
+        "in-flight pick lost"
+    );
+    held.ok();
+    // 127.0.0.2 is out: the rotation is 5 : 1 between the other two.
+    let mut ones = 0;
+    for _ in 0..60 {
+        let p = l.get(Rotation::RoundRobin, b"").unwrap();
+        ones += usize::from(p.name() == "127.0.0.1:80");
+        p.ok();
+    }
+    assert_eq!(ones, 50);
+}

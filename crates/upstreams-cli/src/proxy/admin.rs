@@ -43,8 +43,7 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
         .map(|l| {
             let settings = l.settings();
             let upstreams: Vec<Value> = l
-                .list
-                .upstreams()
+                .shown_upstreams()
                 .iter()
                 .map(|up| {
                     let s = l.stats.upstream(up.name());
@@ -167,7 +166,7 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
     let rows: Vec<_> = listeners
         .iter()
         .flat_map(|l| {
-            l.list.upstreams().into_iter().map(move |up| {
+            l.shown_upstreams().into_iter().map(move |up| {
                 let s = l.stats.upstream(up.name());
                 let labels = format!(
                     "listener=\"{}\",upstream=\"{}\"",

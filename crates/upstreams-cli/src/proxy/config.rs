@@ -32,6 +32,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::net::ListenAddr;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use upstreams::{Definition, HashMode, Host, Limits, Rotation};
@@ -56,7 +57,7 @@ fn default_drain() -> f64 {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListenerConfig {
-    pub(crate) listen: SocketAddr,
+    pub(crate) listen: ListenAddr,
     pub(crate) upstreams: String,
     pub(crate) rotation: Option<String>,
     pub(crate) hash: Option<String>,
@@ -176,7 +177,7 @@ fn positive_secs(what: &str, v: f64) -> Result<Duration> {
 /// A listener's settings, checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
-    pub(crate) listen: SocketAddr,
+    pub(crate) listen: ListenAddr,
     pub(crate) definition: Definition,
     pub(crate) rotation: Rotation,
     pub(crate) limits: Limits,
@@ -197,6 +198,20 @@ impl ListenerConfig {
         let what = |field: &str| format!("listener {}: {field}", self.listen);
         let definition = Definition::parse(&self.upstreams, self.default_port)
             .with_context(|| what("upstreams"))?;
+        let entries = definition.entries();
+        let mut seen = std::collections::HashSet::new();
+        if let Some((i, entry)) = entries
+            .iter()
+            .enumerate()
+            .find(|(_, e)| !seen.insert(e.name()))
+        {
+            bail!(
+                "{}: entry {} {:?} is listed twice (each upstream once; use its weight)",
+                what("upstreams"),
+                i + 1,
+                entry.name()
+            );
+        }
         if let Some(entry) = definition
             .entries()
             .iter()
@@ -263,7 +278,7 @@ impl ListenerConfig {
         }
         limits.validate().with_context(|| what("limits"))?;
         Ok(Settings {
-            listen: self.listen,
+            listen: self.listen.clone(),
             definition,
             rotation,
             limits,

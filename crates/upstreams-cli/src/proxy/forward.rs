@@ -7,21 +7,23 @@ use std::sync::{Arc, RwLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWrite;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
-use upstreams::{Event, Events, FailKind, Upstream, UpstreamList};
+use upstreams::{Event, Events, FailKind, Host, Upstream, UpstreamList};
 
 use super::config::Settings;
+use super::net::{self, Acceptor, Backend, Client, ListenAddr, Target};
 use super::stats::{Stats, UpStats};
 
 /// A running listener: its list, settings (replaced on reload) and figures.
 pub(crate) struct Listener {
     /// The configured address (reloads match listeners by it).
-    pub(crate) listen: SocketAddr,
+    pub(crate) listen: ListenAddr,
     /// The address actually bound (differs when the configuration says port 0).
-    pub(crate) bound: SocketAddr,
+    pub(crate) bound: ListenAddr,
     pub(crate) list: Arc<UpstreamList>,
+    /// Upstreams a reload removed, shown (as `draining`) while sessions still use them.
+    draining: std::sync::Mutex<Vec<Arc<Upstream>>>,
     settings: RwLock<Arc<Settings>>,
     pub(crate) stats: Arc<Stats>,
     stop: Notify,
@@ -62,22 +64,29 @@ impl Drop for SessionGuard {
 }
 
 impl Listener {
-    pub(crate) fn new(settings: Settings, bound: SocketAddr) -> anyhow::Result<Arc<Self>> {
+    pub(crate) fn new(settings: Settings, bound: ListenAddr) -> anyhow::Result<Arc<Self>> {
         let list = Arc::new(UpstreamList::new(
             &settings.definition,
             settings.limits.clone(),
         )?);
         let stats = Arc::new(Stats::default());
-        let (listen, figures) = (bound, Arc::clone(&stats));
+        let (listen, figures) = (bound.clone(), Arc::clone(&stats));
         let events: Events = [Event::Online, Event::Offline].into_iter().collect();
         list.add_watcher(events, move |event, up, errors| {
+            // A reload's removal reaches watchers as `offline`; it is no outage.
+            if up.state() == upstreams::State::Draining {
+                tracing::info!(listener = %listen, upstream = up.name(), "upstream removed by reload; draining");
+                figures.upstream(up.name()).changed("removed");
+                return;
+            }
             tracing::info!(listener = %listen, upstream = up.name(), errors, "upstream {event}");
             figures.upstream(up.name()).changed(event.name());
         });
         Ok(Arc::new(Self {
-            listen: settings.listen,
+            listen: settings.listen.clone(),
             bound,
             list,
+            draining: std::sync::Mutex::default(),
             settings: RwLock::new(Arc::new(settings)),
             stats,
             stop: Notify::new(),
@@ -101,9 +110,35 @@ impl Listener {
                 tracing::warn!(listener = %self.listen, %err, "invalid limits not applied");
             }
         }
+        let before = self.list.upstreams();
         let change = self.list.reconfigure(&settings.definition);
-        tracing::info!(listener = %self.listen, added = ?change.added, removed = ?change.removed, "reloaded");
+        let after = self.list.upstreams();
+        {
+            let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+            draining.extend(
+                before
+                    .into_iter()
+                    .filter(|up| !after.iter().any(|a| Arc::ptr_eq(a, up))),
+            );
+        }
+        tracing::info!(
+            listener = %self.listen,
+            added = ?change.added,
+            removed = ?change.removed,
+            reweighted = ?change.reweighted,
+            "reloaded"
+        );
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+    }
+
+    /// The upstreams to show: the list's, then removed ones that sessions still use.
+    pub(crate) fn shown_upstreams(&self) -> Vec<Arc<Upstream>> {
+        let mut shown = self.list.upstreams();
+        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        // A session holds its pick in flight until it ends.
+        draining.retain(|up| up.inflight() > 0);
+        shown.extend(draining.iter().cloned());
+        shown
     }
 
     /// Stops accepting; open sessions go on.
@@ -111,11 +146,11 @@ impl Listener {
         self.stop.notify_one();
     }
 
-    pub(crate) async fn accept_loop(self: Arc<Self>, tcp: TcpListener, sessions: Arc<Sessions>) {
+    pub(crate) async fn accept_loop(self: Arc<Self>, acceptor: Acceptor, sessions: Arc<Sessions>) {
         loop {
             tokio::select! {
                 _ = self.stop.notified() => break,
-                accepted = tcp.accept() => {
+                accepted = acceptor.accept() => {
                     let (client, peer) = match accepted {
                         Ok(a) => a,
                         Err(err) => {
@@ -144,18 +179,21 @@ impl Listener {
     /// when nothing of the client reached the backend (the connect failed, or the backend
     /// closed first); with `retry_on` opted in, also when the backend closes or stays silent
     /// after reading the client's bytes, which are then replayed. Then copy both ways.
-    async fn forward(&self, mut client: TcpStream, peer: SocketAddr) {
+    async fn forward(&self, mut client: Client, peer: Option<SocketAddr>) {
         let settings = self.settings();
         // nginx's `hash $remote_addr consistent`: the address as text, formatted on the stack,
         // and only for the one rotation that reads a key.
         let mut key_buf = [0u8; 48];
         let hashed =
             self.list.rotation().unwrap_or(settings.rotation) == upstreams::Rotation::Hashed;
-        let key = if hashed {
-            ip_text(peer.ip(), &mut key_buf)
-        } else {
-            &[]
+        let key: &[u8] = match peer {
+            Some(peer) if hashed => ip_text(peer.ip(), &mut key_buf),
+            // nginx's $remote_addr of a Unix client.
+            None if hashed => b"unix:",
+            _ => &[],
         };
+        // For the logs: the client address, or "unix".
+        let peer = PeerName(peer);
         let mut previous: Option<Arc<Upstream>> = None;
         // Two buffers from this thread's pool: `sent` keeps what the client said before any
         // backend answered (replayed on a retry), `answer` takes the backend's first bytes;
@@ -185,7 +223,11 @@ impl Listener {
             figures.picks.fetch_add(1, Ordering::Relaxed);
             // A failure before any byte of the client reached this backend: retried when
             // `connect` is in `retry_on` (nothing can be duplicated).
-            let Some(addr) = picked.next_addr() else {
+            let target = match picked.upstream().entry().host() {
+                Host::Unix(path) => Some(Target::Unix(path)),
+                _ => picked.next_addr().map(Target::Tcp),
+            };
+            let Some(target) = target else {
                 figures.connect_failures.fetch_add(1, Ordering::Relaxed);
                 previous = Some(fail(picked, "no address"));
                 if !policy.connect {
@@ -195,7 +237,7 @@ impl Listener {
             };
             let started = Instant::now();
             let connected =
-                tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await;
+                tokio::time::timeout(settings.connect_timeout, net::connect(target)).await;
             let mut backend = match connected {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(err)) if is_local_exhaustion(&err) => {
@@ -224,7 +266,6 @@ impl Listener {
             };
             let connect_time = started.elapsed();
             figures.observe_connect(connect_time.as_secs_f64());
-            let _ = backend.set_nodelay(true);
             let timers = Timers {
                 answer: settings.answer_timeout,
                 idle: settings.idle_timeout,
@@ -314,14 +355,14 @@ impl Listener {
     #[allow(clippy::too_many_arguments)]
     async fn relay_session(
         &self,
-        client: &mut TcpStream,
-        backend: &mut TcpStream,
+        client: &mut Client,
+        backend: &mut Backend,
         buffers: [&mut Vec<u8>; 2],
         client_done: bool,
         settings: &Settings,
         picked: upstreams::Picked,
         figures: &UpStats,
-        peer: SocketAddr,
+        peer: PeerName,
     ) {
         figures.active.fetch_add(1, Ordering::Relaxed);
         let end = relay(
@@ -383,6 +424,19 @@ impl Listener {
     }
 }
 
+/// A client's address in logs: the TCP peer, or `unix` for a Unix-socket client.
+#[derive(Clone, Copy)]
+struct PeerName(Option<SocketAddr>);
+
+impl std::fmt::Display for PeerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("unix"),
+        }
+    }
+}
+
 /// `ip` as text (what `IpAddr`'s `Display` prints) in `buf`, without allocating.
 fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &[u8] {
     use std::io::Write;
@@ -435,15 +489,19 @@ struct Timers {
 
 /// Sends what the client said so far, then relays client bytes (keeping them for a replay)
 /// until the backend sends its first bytes, which go to the client.
-async fn first_answer(
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
+async fn first_answer<C, B>(
+    client: &mut C,
+    backend: &mut B,
     sent: &mut Vec<u8>,
     answer: &mut Vec<u8>,
     client_done: &mut bool,
     timers: Timers,
     figures: &UpStats,
-) -> First {
+) -> First
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     if !sent.is_empty() {
         if backend.write_all(sent).await.is_err() {
@@ -556,15 +614,19 @@ enum End {
 /// session at either side's end; a client's end is passed on here, because a client that
 /// ends its request that way waits for the answer. When the second side ends the caller's
 /// `close` of both sockets sends the last FIN, so no second `shutdown` is made.
-async fn relay(
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
+async fn relay<C, B>(
+    client: &mut C,
+    backend: &mut B,
     buffers: [&mut Vec<u8>; 2],
     client_done: bool,
     idle: Duration,
     half_close: bool,
     figures: &UpStats,
-) -> End {
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     // The same moment on both clocks: reads note activity on the coarse one, the timer runs
     // on the precise one (so it may fire up to a tick early).
     let (epoch, coarse_epoch) = (Instant::now(), coarsetime::Instant::now());
@@ -681,13 +743,17 @@ impl<'a> Half<'a> {
 
     /// Moves bytes from `src` to `dst` until `src` ends (ready), fails (naming the side), or
     /// must wait. Reads go into the buffer's spare capacity, so nothing is zeroed.
-    fn poll_copy(
+    fn poll_copy<S, D>(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut TcpStream,
-        dst: &mut TcpStream,
+        src: &mut S,
+        dst: &mut D,
         activity: Activity<'_>,
-    ) -> Poll<Result<(), Side>> {
+    ) -> Poll<Result<(), Side>>
+    where
+        S: AsyncRead + Unpin,
+        D: AsyncWrite + Unpin,
+    {
         loop {
             if self.at < self.buf.len() {
                 let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf[self.at..]))

@@ -4,6 +4,7 @@
 mod admin;
 mod config;
 mod forward;
+mod net;
 mod stats;
 
 use std::collections::HashMap;
@@ -18,14 +19,16 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use config::{Config, LimitsConfig, ListenerConfig};
 use forward::{Listener, Sessions};
+use net::{Acceptor, ListenAddr};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// The upstream list definition (with --listen); not with --config or --demo.
     definition: Option<String>,
-    /// Address to accept clients on.
+    /// Address to accept clients on: IP:port, [v6]:port, host:port (resolved once), :port or
+    /// port (every IPv4 address), unix:/path.
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    listen: Option<ListenAddr>,
     /// A TOML file describing several listeners (reloaded on SIGHUP).
     #[arg(long, conflicts_with_all = ["definition", "demo"])]
     config: Option<PathBuf>,
@@ -104,7 +107,7 @@ impl Proxy {
     }
 }
 
-fn config_from_args(args: &Args, definition: String, listen: SocketAddr) -> Config {
+fn config_from_args(args: &Args, definition: String, listen: ListenAddr) -> Config {
     Config {
         admin: args.admin,
         dns: args.dns.clone(),
@@ -138,6 +141,8 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // No colour codes in files and journals.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // One thread: a current-thread runtime (no work stealing, no cross-thread wake-ups).
     let mut runtime = match args.threads {
@@ -158,18 +163,19 @@ async fn serve(args: &Args) -> Result<()> {
         Config::load(path)?
     } else if args.demo {
         let backends = demo_backends().await?;
-        let listen = args.listen.unwrap_or_else(|| ([127, 0, 0, 1], 8080).into());
+        let listen = args
+            .listen
+            .clone()
+            .unwrap_or_else(|| ListenAddr::Tcp(([127, 0, 0, 1], 8080).into()));
         let mut config = config_from_args(args, backends.clone(), listen);
         config.admin = Some(args.admin.unwrap_or_else(|| ([127, 0, 0, 1], 9100).into()));
         println!("demo backends: {backends}");
         config
     } else {
-        let (Some(definition), Some(listen)) = (&args.definition, args.listen) else {
+        let (Some(definition), Some(listen)) = (&args.definition, &args.listen) else {
             bail!("give a definition and --listen, or --config FILE, or --demo");
         };
-        let config = config_from_args(args, definition.clone(), listen);
-        config.check()?;
-        config
+        config_from_args(args, definition.clone(), listen.clone())
     };
     config.check()?;
     let proxy = Arc::new(Proxy {
@@ -177,25 +183,9 @@ async fn serve(args: &Args) -> Result<()> {
         sessions: Arc::default(),
         started: Instant::now(),
     });
-    for l in &config.listeners {
-        start_listener(&proxy, l.settings()?).await?;
-    }
-    if let Some(admin) = config.admin {
-        let tcp = TcpListener::bind(admin)
-            .await
-            .with_context(|| format!("admin listener {admin}"))?;
-        println!(
-            "admin: http://{}/status  http://{0}/metrics  http://{0}/status.json",
-            tcp.local_addr()?
-        );
-        let app = admin::router(Arc::clone(&proxy));
-        tokio::spawn(async move {
-            if let Err(err) = axum::serve(tcp, app).await {
-                tracing::error!(%err, "admin listener failed");
-            }
-        });
-    }
-    spawn_dns(&proxy, config.dns.as_deref())?;
+    let mut running = Running::default();
+    let plan = prepare(&proxy, &running, None, &config).await?;
+    apply(&proxy, &mut running, plan);
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -203,16 +193,26 @@ async fn serve(args: &Args) -> Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => match &args.config {
-                Some(path) => match Config::load(path) {
-                    Ok(new) => {
-                        if let Err(err) = apply_reload(&proxy, &new).await {
-                            tracing::error!(%err, "reload failed; the running configuration stays");
-                        } else {
+                Some(path) => {
+                    let loaded = Config::load(path);
+                    let prepared = match loaded {
+                        Ok(new) => prepare(&proxy, &running, Some(&config), &new)
+                            .await
+                            .map(|plan| (new, plan)),
+                        Err(err) => Err(err),
+                    };
+                    match prepared {
+                        Ok((new, plan)) => {
+                            apply(&proxy, &mut running, plan);
                             config = new;
+                            tracing::info!("reloaded {}", path.display());
                         }
+                        Err(err) => tracing::error!(
+                            err = %format!("{err:#}"),
+                            "reload refused; nothing changed, the running configuration stays"
+                        ),
                     }
-                    Err(err) => tracing::error!(err = %format!("{err:#}"), "reload failed; the running configuration stays"),
-                },
+                }
                 None => tracing::info!("SIGHUP: nothing to reload without --config"),
             },
             _ = term.recv() => break,
@@ -226,7 +226,7 @@ async fn serve(args: &Args) -> Result<()> {
     for l in proxy.listeners() {
         l.stop();
     }
-    let drain = Duration::from_secs_f64(config.drain_timeout.max(0.0));
+    let drain = Duration::from_secs_f64(config.drain_timeout.clamp(0.0, config::MAX_SECONDS));
     if tokio::time::timeout(drain, proxy.sessions.drained())
         .await
         .is_err()
@@ -239,95 +239,174 @@ async fn serve(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Pending connections a client listener queues before accepting (nginx: 511; the kernel caps
-/// it at `net.core.somaxconn`). tokio's `bind` asks for 128, which a burst of new clients
-/// overflows while the proxy is busy: the extra SYNs are dropped and retried a second later.
-const CLIENT_BACKLOG: u32 = 1024;
-
-fn bind_clients(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(CLIENT_BACKLOG)
+/// The admin listener and the DNS refresher in service, replaced when a reload changes them.
+#[derive(Default)]
+struct Running {
+    admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// The `dns` setting the refresher uses (`None`: no refresher runs).
+    dns: Option<(String, tokio::task::JoinHandle<()>)>,
 }
 
-async fn start_listener(proxy: &Arc<Proxy>, settings: config::Settings) -> Result<()> {
-    let listen = settings.listen;
-    let tcp = bind_clients(listen).with_context(|| format!("listener {listen}"))?;
-    let bound = tcp.local_addr()?;
-    let listener = Listener::new(settings, bound)?;
-    println!("listening {bound} -> {}", listener.list);
-    tokio::spawn(Arc::clone(&listener).accept_loop(tcp, Arc::clone(&proxy.sessions)));
-    proxy
-        .listeners
-        .write()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(listener);
-    Ok(())
+/// Everything a (re)load changes, prepared (validated, bound, built) before anything runs,
+/// so a reload is all or nothing.
+struct Plan {
+    /// Listeners that stay, with their new settings.
+    reconfigure: Vec<(Arc<Listener>, config::Settings)>,
+    /// New listeners, bound.
+    start: Vec<(Arc<Listener>, Acceptor)>,
+    /// Listeners the configuration no longer has.
+    stop: Vec<Arc<Listener>>,
+    /// A new admin listener (`Some(None)`: the admin listener goes away).
+    admin: Option<Option<(SocketAddr, TcpListener)>>,
+    /// A new DNS refresher (`Some(None)`: none is needed any more).
+    dns: Option<Option<(String, Arc<upstreams_dns::Refresher>)>>,
 }
 
-/// SIGHUP: listeners that stay are reconfigured in place (health kept, sessions untouched),
-/// new ones start, removed ones stop accepting and let their sessions finish.
-async fn apply_reload(proxy: &Arc<Proxy>, config: &Config) -> Result<()> {
-    let current: HashMap<SocketAddr, Arc<Listener>> = proxy
+/// Checks `new` against what runs and binds what it adds; any error leaves the proxy as it
+/// was (the sockets bound so far close when the plan is dropped).
+async fn prepare(
+    proxy: &Arc<Proxy>,
+    running: &Running,
+    old: Option<&Config>,
+    new: &Config,
+) -> Result<Plan> {
+    let current: HashMap<ListenAddr, Arc<Listener>> = proxy
         .listeners()
         .into_iter()
-        .map(|l| (l.listen, l))
+        .map(|l| (l.listen.clone(), l))
         .collect();
-    let mut settings = Vec::new();
-    for l in &config.listeners {
-        settings.push(l.settings()?);
-    }
-    for s in settings {
-        match current.get(&s.listen) {
-            Some(l) => l.reload(s),
-            None => start_listener(proxy, s).await?,
-        }
-    }
-    let mut listeners = proxy.listeners.write().unwrap_or_else(|p| p.into_inner());
-    listeners.retain(|l| {
-        let keep = config.listeners.iter().any(|c| c.listen == l.listen);
-        if !keep {
-            tracing::info!(listener = %l.listen, "removed by reload");
-            l.stop();
-        }
-        keep
-    });
-    Ok(())
-}
-
-/// Resolves names of the lists (first resolution now, then on schedule) when any list has
-/// some.
-fn spawn_dns(proxy: &Arc<Proxy>, dns: Option<&str>) -> Result<()> {
-    let listeners = proxy.listeners();
-    let Some(first) = listeners.iter().find(|l| {
-        l.list
-            .upstreams()
-            .iter()
-            .any(|u| u.entry().host().needs_resolution())
-    }) else {
-        return Ok(());
+    let mut plan = Plan {
+        reconfigure: Vec::new(),
+        start: Vec::new(),
+        stop: Vec::new(),
+        admin: None,
+        dns: None,
     };
-    let servers = upstreams_dns::Nameservers::parse(dns.unwrap_or("system"))?;
-    let refresher = Arc::new(upstreams_dns::Refresher::new(
-        &servers,
-        &first.list.limits(),
-    )?);
-    let proxy = Arc::clone(proxy);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            for l in proxy.listeners() {
-                refresher.refresh(&l.list).await;
+    for l in &new.listeners {
+        let settings = l.settings()?;
+        match current.get(&settings.listen) {
+            Some(listener) => plan.reconfigure.push((Arc::clone(listener), settings)),
+            None => {
+                let listen = settings.listen.clone();
+                let acceptor =
+                    Acceptor::bind(&listen).with_context(|| format!("listener {listen}"))?;
+                let bound = acceptor.local()?;
+                let listener = Listener::new(settings, bound)?;
+                plan.start.push((listener, acceptor));
             }
         }
+    }
+    plan.stop = current
+        .values()
+        .filter(|l| !new.listeners.iter().any(|c| c.listen == l.listen))
+        .cloned()
+        .collect();
+    let admin_now = running.admin.as_ref().map(|(addr, _)| *addr);
+    if old.map(|o| o.admin) != Some(new.admin) || (new.admin.is_some() && admin_now.is_none()) {
+        plan.admin = Some(match new.admin {
+            Some(addr) => {
+                let tcp = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("admin listener {addr}"))?;
+                Some((addr, tcp))
+            }
+            None => None,
+        });
+    }
+    // A refresher runs when some list names hosts; it is rebuilt when the `dns` setting
+    // changes or when names first appear.
+    let names = new.listeners.iter().any(|l| {
+        l.settings().is_ok_and(|s| {
+            s.definition
+                .entries()
+                .iter()
+                .any(|e| e.host().needs_resolution())
+        })
     });
-    Ok(())
+    let wanted = names.then(|| new.dns.clone().unwrap_or_else(|| "system".to_owned()));
+    let now = running.dns.as_ref().map(|(dns, _)| dns.clone());
+    if wanted != now {
+        plan.dns = Some(match wanted {
+            Some(dns) => {
+                let servers = upstreams_dns::Nameservers::parse(&dns)
+                    .with_context(|| format!("dns {dns:?}"))?;
+                let limits = new
+                    .listeners
+                    .first()
+                    .map(|l| l.settings())
+                    .transpose()?
+                    .map(|s| s.limits)
+                    .unwrap_or_default();
+                let refresher = upstreams_dns::Refresher::new(&servers, &limits)
+                    .with_context(|| format!("dns {dns:?}"))?;
+                Some((dns, Arc::new(refresher)))
+            }
+            None => None,
+        });
+    }
+    Ok(plan)
+}
+
+/// Puts a prepared plan into service; nothing here can fail.
+fn apply(proxy: &Arc<Proxy>, running: &mut Running, plan: Plan) {
+    for (listener, settings) in plan.reconfigure {
+        listener.reload(settings);
+    }
+    for (listener, acceptor) in plan.start {
+        println!("listening {} -> {}", listener.bound, listener.list);
+        tokio::spawn(Arc::clone(&listener).accept_loop(acceptor, Arc::clone(&proxy.sessions)));
+        proxy
+            .listeners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
+    }
+    if !plan.stop.is_empty() {
+        let mut listeners = proxy.listeners.write().unwrap_or_else(|p| p.into_inner());
+        for gone in &plan.stop {
+            tracing::info!(listener = %gone.listen, "removed by reload; open sessions go on");
+            gone.stop();
+        }
+        listeners.retain(|l| !plan.stop.iter().any(|g| Arc::ptr_eq(g, l)));
+    }
+    if let Some(admin) = plan.admin {
+        if let Some((_, task)) = running.admin.take() {
+            task.abort();
+        }
+        if let Some((addr, tcp)) = admin {
+            let bound = tcp
+                .local_addr()
+                .map_or_else(|_| addr.to_string(), |a| a.to_string());
+            println!(
+                "admin: http://{bound}/status  http://{bound}/metrics  http://{bound}/status.json"
+            );
+            let app = admin::router(Arc::clone(proxy));
+            let task = tokio::spawn(async move {
+                if let Err(err) = axum::serve(tcp, app).await {
+                    tracing::error!(%err, "admin listener failed");
+                }
+            });
+            running.admin = Some((addr, task));
+        }
+    }
+    if let Some(dns) = plan.dns {
+        if let Some((_, task)) = running.dns.take() {
+            task.abort();
+        }
+        if let Some((setting, refresher)) = dns {
+            let proxy = Arc::clone(proxy);
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    for l in proxy.listeners() {
+                        refresher.refresh(&l.list).await;
+                    }
+                }
+            });
+            running.dns = Some((setting, task));
+        }
+    }
 }
 
 /// Three HTTP backends on loopback for `--demo`; returns their list definition.
@@ -352,7 +431,7 @@ async fn demo_backends() -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{bind_clients, CLIENT_BACKLOG};
+    use super::net::{Acceptor, ListenAddr, CLIENT_BACKLOG};
     use std::net::TcpStream;
     use std::time::Duration;
 
@@ -361,8 +440,11 @@ mod tests {
     /// backlog of 128, 129 of 200 connected.)
     #[tokio::test]
     async fn a_burst_beyond_the_default_backlog_is_queued() {
-        let listener = bind_clients("127.0.0.1:0".parse().expect("address")).expect("bind");
-        let addr = listener.local_addr().expect("bound");
+        let listener = Acceptor::bind(&ListenAddr::Tcp("127.0.0.1:0".parse().expect("address")))
+            .expect("bind");
+        let Ok(ListenAddr::Tcp(addr)) = listener.local() else {
+            panic!("not a TCP listener");
+        };
         let burst = 300;
         assert!(burst < CLIENT_BACKLOG as usize);
         let connected = (0..burst)

@@ -42,6 +42,16 @@ pub fn spawn(args: &[&str], lines: usize) -> Proc {
 
 /// Like [`spawn`], started through `wrapper` (for example `prlimit --nofile=64:64`).
 pub fn spawn_under(wrapper: &[&str], args: &[&str], lines: usize) -> Proc {
+    spawn_full(wrapper, args, lines, Stdio::null())
+}
+
+/// Like [`spawn`], with the process's log (stderr) written to `log`.
+pub fn spawn_logged(args: &[&str], lines: usize, log: &std::path::Path) -> Proc {
+    let file = std::fs::File::create(log).unwrap();
+    spawn_full(&[], args, lines, Stdio::from(file))
+}
+
+fn spawn_full(wrapper: &[&str], args: &[&str], lines: usize, stderr: Stdio) -> Proc {
     let bin = env!("CARGO_BIN_EXE_upstreams");
     let mut command = match wrapper.split_first() {
         Some((program, rest)) => {
@@ -54,7 +64,7 @@ pub fn spawn_under(wrapper: &[&str], args: &[&str], lines: usize) -> Proc {
     let mut child = command
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());
