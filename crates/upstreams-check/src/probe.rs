@@ -74,11 +74,15 @@ where
                 Ok::<u16, String>(response.status().as_u16())
             };
             tokio::pin!(conn);
+            tokio::pin!(answer);
             let code = tokio::select! {
                 biased;
-                code = answer => code?,
+                code = &mut answer => code?,
+                // The connection may finish in the same poll that delivered the answer
+                // (`Connection: close`): the answer is then ready, or its error says why not.
                 ended = &mut conn => {
-                    return Err(ended.map_or_else(|e| e.to_string(), |()| "closed before answering".into()));
+                    ended.map_err(|e| e.to_string())?;
+                    answer.await?
                 }
             };
             if status.matches(code) {

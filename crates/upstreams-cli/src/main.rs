@@ -29,7 +29,7 @@ enum Command {
     /// Run picks per rotation against a list with a failing upstream; print how they spread.
     Simulate(simulate::Args),
     /// Load-balance TCP over a list: retries, health, metrics, status page, reload on SIGHUP.
-    Proxy(proxy::Args),
+    Proxy(Box<proxy::Args>),
     /// A tiny HTTP backend for tests and benchmarks.
     #[command(hide = true)]
     Backend(backend::Args),

@@ -42,6 +42,7 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
         .iter()
         .map(|l| {
             let settings = l.settings();
+            let checker = l.checker();
             let upstreams: Vec<Value> = l
                 .shown_upstreams()
                 .iter()
@@ -52,6 +53,17 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
                             "event": what,
                             "unix": at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
                             "seconds_ago": at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                        })
+                    });
+                    let check = checker.as_ref().and_then(|c| c.status(up)).map(|c| {
+                        json!({
+                            "ok": c.ok,
+                            "error": c.error,
+                            "duration_seconds": c.duration.as_secs_f64(),
+                            "streak": c.streak,
+                            "checked_out": c.checked_out,
+                            "checks": c.checks,
+                            "failures": c.failures,
                         })
                     });
                     json!({
@@ -68,6 +80,7 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
                         "connect_failures": s.connect_failures.load(Ordering::Relaxed),
                         "session_failures": s.session_failures.load(Ordering::Relaxed),
                         "last_change": last_change,
+                        "check": check,
                     })
                 })
                 .collect();
@@ -122,7 +135,8 @@ async fn status_html(State(proxy): State<Arc<Proxy>>) -> Html<String> {
             page,
             "<h2>listener {}</h2><p>{} &middot; rotation {} &middot; accepted {} &middot; refused {}</p>\
              <table><tr><th>upstream</th><th>state</th><th>weight</th><th>errors</th><th>active</th>\
-             <th>picks</th><th>connect failures</th><th>bytes in</th><th>bytes out</th><th>last change</th></tr>",
+             <th>picks</th><th>connect failures</th><th>bytes in</th><th>bytes out</th><th>last change</th>\
+             <th>health check</th></tr>",
             escape(l["listen"].as_str().unwrap_or("")),
             escape(l["definition"].as_str().unwrap_or("")),
             escape(l["rotation"].as_str().unwrap_or("")),
@@ -139,10 +153,30 @@ async fn status_html(State(proxy): State<Arc<Proxy>>) -> Html<String> {
                 ),
                 _ => "-".to_owned(),
             };
+            let check = match &u["check"] {
+                Value::Object(c) => format!(
+                    "{} in {:.1} ms, streak {}{}",
+                    if c.get("ok").and_then(Value::as_bool).unwrap_or(false) {
+                        "pass"
+                    } else {
+                        "fail"
+                    },
+                    c.get("duration_seconds")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0)
+                        * 1e3,
+                    c.get("streak").and_then(Value::as_i64).unwrap_or(0),
+                    c.get("error")
+                        .and_then(Value::as_str)
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default(),
+                ),
+                _ => "-".to_owned(),
+            };
             let _ = write!(
                 page,
                 "<tr class=\"upstream {state}\"><td>{}</td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td>\
-                 <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                 <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(u["name"].as_str().unwrap_or("")),
                 u["weight"],
                 u["errors"],
@@ -152,6 +186,7 @@ async fn status_html(State(proxy): State<Arc<Proxy>>) -> Html<String> {
                 u["bytes_in"],
                 u["bytes_out"],
                 escape(&change),
+                escape(&check),
             );
         }
         page.push_str("</table>");
@@ -275,6 +310,61 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
         "Failures after a connect: closed or silent before answering, reset after answering.",
         &mut gauge("upstreams_upstream_session_failures_total", &|_, s| {
             load(&s.session_failures)
+        })
+        .into_iter(),
+    );
+    // Health checks, for listeners that run them.
+    let checks: Vec<_> = listeners
+        .iter()
+        .filter_map(|l| l.checker().map(|c| (l, c)))
+        .flat_map(|(l, c)| {
+            l.shown_upstreams().into_iter().filter_map(move |up| {
+                let status = c.status(&up)?;
+                let labels = format!(
+                    "listener=\"{}\",upstream=\"{}\"",
+                    l.bound,
+                    up.name().replace(['"', '\\'], "_")
+                );
+                Some((labels, status))
+            })
+        })
+        .collect();
+    let check_family = |name: &str, f: &dyn Fn(&upstreams_check::CheckStatus) -> String| {
+        checks
+            .iter()
+            .map(|(labels, c)| format!("{name}{{{labels}}} {}", f(c)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "upstreams_upstream_check_up",
+        "gauge",
+        "1 when the latest active health check passed.",
+        &mut check_family("upstreams_upstream_check_up", &|c| {
+            u8::from(c.ok).to_string()
+        })
+        .into_iter(),
+    );
+    family(
+        "upstreams_upstream_checks_total",
+        "counter",
+        "Active health checks run.",
+        &mut check_family("upstreams_upstream_checks_total", &|c| c.checks.to_string()).into_iter(),
+    );
+    family(
+        "upstreams_upstream_check_failures_total",
+        "counter",
+        "Active health checks failed.",
+        &mut check_family("upstreams_upstream_check_failures_total", &|c| {
+            c.failures.to_string()
+        })
+        .into_iter(),
+    );
+    family(
+        "upstreams_upstream_check_duration_seconds",
+        "gauge",
+        "How long the latest active health check took.",
+        &mut check_family("upstreams_upstream_check_duration_seconds", &|c| {
+            c.duration.as_secs_f64().to_string()
         })
         .into_iter(),
     );

@@ -24,6 +24,15 @@
 //! default_port = 80                 # for entries without a port (else such an entry is
 //!                                   # an error); every duration is 0 < s <= one year
 //!
+//! [listener.health_check]           # optional active checks
+//! type = "send-expect"              # "tcp", "send-expect" (send, expect) or "http" (path,
+//! send = "PING\r\n"                 # host, status = "2xx,3xx")
+//! expect = "+PONG"
+//! interval = 2.0                    # seconds between checks of one upstream
+//! timeout = 1.0
+//! rise = 2                          # passes in a row to come back
+//! fall = 3                          # failures in a row to go out
+//!
 //! [listener.limits]                 # any of: max_errors, error_time, revive_time,
 //! revive_time = 30.0                # revive_jitter, max_consecutive_errors, slow_start, ...
 //! ```
@@ -77,6 +86,9 @@ pub(crate) struct ListenerConfig {
     pub(crate) default_port: u16,
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
+    /// Active health checks (`[listener.health_check]`); none when absent.
+    #[serde(default)]
+    pub(crate) health_check: Option<upstreams_check::CheckConfig>,
 }
 
 fn default_retries() -> u32 {
@@ -191,6 +203,8 @@ pub(crate) struct Settings {
     /// direction closes on its own); otherwise a backend's end ends the session once its
     /// bytes reached the client. A client's end of stream is passed on either way.
     pub(crate) half_close: bool,
+    /// Active health checks, if any.
+    pub(crate) health_check: Option<upstreams_check::CheckSettings>,
 }
 
 impl ListenerConfig {
@@ -289,6 +303,12 @@ impl ListenerConfig {
                 .filter(|d| !d.is_zero()),
             idle_timeout: positive_secs(&what("idle_timeout"), self.idle_timeout)?,
             half_close: self.half_close,
+            health_check: self
+                .health_check
+                .as_ref()
+                .map(upstreams_check::CheckSettings::try_from)
+                .transpose()
+                .with_context(|| what("health_check"))?,
         })
     }
 }

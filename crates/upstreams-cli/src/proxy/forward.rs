@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use upstreams::{Event, Events, FailKind, Host, Upstream, UpstreamList};
+use upstreams_check::Checker;
 
 use super::config::Settings;
 use super::net::{self, Acceptor, Backend, Client, ListenAddr, Target};
@@ -24,6 +25,8 @@ pub(crate) struct Listener {
     pub(crate) list: Arc<UpstreamList>,
     /// Upstreams a reload removed, shown (as `draining`) while sessions still use them.
     draining: std::sync::Mutex<Vec<Arc<Upstream>>>,
+    /// The active health checker, when the settings ask for one.
+    checker: std::sync::Mutex<Option<Arc<Checker>>>,
     settings: RwLock<Arc<Settings>>,
     pub(crate) stats: Arc<Stats>,
     stop: Notify,
@@ -82,11 +85,17 @@ impl Listener {
             tracing::info!(listener = %listen, upstream = up.name(), errors, "upstream {event}");
             figures.upstream(up.name()).changed(event.name());
         });
+        let checker = settings
+            .health_check
+            .clone()
+            .map(|c| Checker::new(Arc::clone(&list), c))
+            .transpose()?;
         Ok(Arc::new(Self {
             listen: settings.listen.clone(),
             bound,
             list,
             draining: std::sync::Mutex::default(),
+            checker: std::sync::Mutex::new(checker),
             settings: RwLock::new(Arc::new(settings)),
             stats,
             stop: Notify::new(),
@@ -112,14 +121,42 @@ impl Listener {
         }
         let before = self.list.upstreams();
         let change = self.list.reconfigure(&settings.definition);
-        let after = self.list.upstreams();
+        let after: std::collections::HashSet<*const Upstream> =
+            self.list.upstreams().iter().map(Arc::as_ptr).collect();
         {
             let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
             draining.extend(
                 before
                     .into_iter()
-                    .filter(|up| !after.iter().any(|a| Arc::ptr_eq(a, up))),
+                    .filter(|up| !after.contains(&Arc::as_ptr(up))),
             );
+        }
+        {
+            let mut checker = self.checker.lock().unwrap_or_else(|p| p.into_inner());
+            match (checker.as_ref(), settings.health_check.clone()) {
+                (Some(running), Some(new)) => {
+                    if *running.settings() != new {
+                        // Validated with the rest of the file; the error cannot happen here.
+                        if let Err(err) = running.set_settings(new) {
+                            tracing::warn!(listener = %self.listen, %err, "health check settings not applied");
+                        }
+                    }
+                }
+                (None, Some(new)) => match Checker::new(Arc::clone(&self.list), new) {
+                    Ok(new) => {
+                        tokio::spawn(Arc::clone(&new).run());
+                        *checker = Some(new);
+                    }
+                    Err(err) => {
+                        tracing::warn!(listener = %self.listen, %err, "health checks not started")
+                    }
+                },
+                (Some(running), None) => {
+                    running.stop();
+                    *checker = None;
+                }
+                (None, None) => {}
+            }
         }
         tracing::info!(
             listener = %self.listen,
@@ -141,9 +178,27 @@ impl Listener {
         shown
     }
 
-    /// Stops accepting; open sessions go on.
+    /// Starts the health checks, if any (once the listener is in service).
+    pub(crate) fn start_checks(&self) {
+        if let Some(checker) = self.checker() {
+            tokio::spawn(checker.run());
+        }
+    }
+
+    /// The health checker, if checks run.
+    pub(crate) fn checker(&self) -> Option<Arc<Checker>> {
+        self.checker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops accepting and checking; open sessions go on.
     pub(crate) fn stop(&self) {
         self.stop.notify_one();
+        if let Some(checker) = self.checker() {
+            checker.stop();
+        }
     }
 
     pub(crate) async fn accept_loop(self: Arc<Self>, acceptor: Acceptor, sessions: Arc<Sessions>) {

@@ -68,6 +68,22 @@ pub(crate) struct Args {
     /// the client, as nginx stream does by default. A client's end is passed on either way.
     #[arg(long)]
     half_close: bool,
+    /// Active health checks: `tcp`, `http:/PATH` or `send-expect:SEND:EXPECT` (escapes \r \n
+    /// \t \\ \0 \xHH; a colon inside SEND or EXPECT is \x3a).
+    #[arg(long)]
+    health_check: Option<String>,
+    /// Seconds between checks of one upstream (default 2).
+    #[arg(long, requires = "health_check")]
+    check_interval: Option<f64>,
+    /// Seconds a check may take (default 1).
+    #[arg(long, requires = "health_check")]
+    check_timeout: Option<f64>,
+    /// Passing checks in a row that bring an upstream back (default 2).
+    #[arg(long, requires = "health_check")]
+    check_rise: Option<u32>,
+    /// Failed checks in a row that take an upstream out (default 3).
+    #[arg(long, requires = "health_check")]
+    check_fall: Option<u32>,
     /// Seconds an offline upstream stays out.
     #[arg(long)]
     revive_time: Option<f64>,
@@ -107,8 +123,38 @@ impl Proxy {
     }
 }
 
-fn config_from_args(args: &Args, definition: String, listen: ListenAddr) -> Config {
-    Config {
+fn config_from_args(args: &Args, definition: String, listen: ListenAddr) -> Result<Config> {
+    let health_check = match &args.health_check {
+        None => None,
+        Some(text) => {
+            let probe = upstreams_check::parse_probe(text).map_err(anyhow::Error::msg)?;
+            // The command line's form in the file's terms, so both are checked alike.
+            let (kind, send, expect, path) = match probe {
+                upstreams_check::Probe::Tcp => ("tcp", None, None, None),
+                upstreams_check::Probe::SendExpect { send, expect } => (
+                    "send-expect",
+                    Some(String::from_utf8(send).context("--health-check: SEND is not UTF-8")?),
+                    Some(String::from_utf8(expect).context("--health-check: EXPECT is not UTF-8")?),
+                    None,
+                ),
+                upstreams_check::Probe::Http { path, .. } => ("http", None, None, Some(path)),
+            };
+            Some(upstreams_check::CheckConfig {
+                kind: kind.to_owned(),
+                send,
+                expect,
+                path,
+                host: None,
+                status: None,
+                interval: args.check_interval,
+                timeout: args.check_timeout,
+                rise: args.check_rise,
+                fall: args.check_fall,
+                jitter: None,
+            })
+        }
+    };
+    Ok(Config {
         admin: args.admin,
         dns: args.dns.clone(),
         drain_timeout: args.drain_timeout,
@@ -130,8 +176,9 @@ fn config_from_args(args: &Args, definition: String, listen: ListenAddr) -> Conf
                 max_consecutive_errors: args.max_consecutive_errors,
                 ..LimitsConfig::default()
             },
+            health_check,
         }],
-    }
+    })
 }
 
 pub(crate) fn run(args: &Args) -> Result<()> {
@@ -167,7 +214,7 @@ async fn serve(args: &Args) -> Result<()> {
             .listen
             .clone()
             .unwrap_or_else(|| ListenAddr::Tcp(([127, 0, 0, 1], 8080).into()));
-        let mut config = config_from_args(args, backends.clone(), listen);
+        let mut config = config_from_args(args, backends.clone(), listen)?;
         config.admin = Some(args.admin.unwrap_or_else(|| ([127, 0, 0, 1], 9100).into()));
         println!("demo backends: {backends}");
         config
@@ -175,7 +222,7 @@ async fn serve(args: &Args) -> Result<()> {
         let (Some(definition), Some(listen)) = (&args.definition, &args.listen) else {
             bail!("give a definition and --listen, or --config FILE, or --demo");
         };
-        config_from_args(args, definition.clone(), listen.clone())
+        config_from_args(args, definition.clone(), listen.clone())?
     };
     config.check()?;
     let proxy = Arc::new(Proxy {
@@ -355,6 +402,7 @@ fn apply(proxy: &Arc<Proxy>, running: &mut Running, plan: Plan) {
     for (listener, acceptor) in plan.start {
         println!("listening {} -> {}", listener.bound, listener.list);
         tokio::spawn(Arc::clone(&listener).accept_loop(acceptor, Arc::clone(&proxy.sessions)));
+        listener.start_checks();
         proxy
             .listeners
             .write()
