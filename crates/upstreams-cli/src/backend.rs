@@ -19,6 +19,9 @@ pub(crate) struct Args {
     /// The body every response carries.
     #[arg(long, default_value = "backend")]
     name: String,
+    /// Seconds to wait before each answer (a slow backend for benchmarks).
+    #[arg(long, default_value_t = 0.0)]
+    delay: f64,
 }
 
 pub(crate) fn run(args: &Args) -> Result<()> {
@@ -31,6 +34,9 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         // Tests read the bound address from the first line.
         println!("listening {}", listener.local_addr()?);
         let active = Arc::new(AtomicUsize::new(0));
+        let served = Arc::new(AtomicUsize::new(0));
+        let delay = Duration::try_from_secs_f64(args.delay)
+            .map_err(|_| anyhow::anyhow!("--delay {}: not a duration in seconds", args.delay))?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
@@ -38,9 +44,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                     let Ok((stream, _)) = accepted else { continue };
                     let name = args.name.clone();
                     let active = Arc::clone(&active);
+                    let served = Arc::clone(&served);
                     active.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
-                        let _ = serve(stream, &name).await;
+                        let _ = serve_counted(stream, &name, delay, &served).await;
                         active.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
@@ -55,12 +62,24 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Benchmarks read how many requests this backend answered.
+        println!("served {}", served.load(Ordering::SeqCst));
         Ok(())
     })
 }
 
 /// Serves HTTP/1.1 requests on one connection until the peer closes or asks to.
-pub(crate) async fn serve(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
+pub(crate) async fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
+    serve_counted(stream, name, Duration::ZERO, &AtomicUsize::new(0)).await
+}
+
+/// [`serve`], waiting `delay` before each answer and counting answers in `served`.
+async fn serve_counted(
+    mut stream: TcpStream,
+    name: &str,
+    delay: Duration,
+    served: &AtomicUsize,
+) -> std::io::Result<()> {
     let body = format!("{name}\n");
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
@@ -86,7 +105,11 @@ pub(crate) async fn serve(mut stream: TcpStream, name: &str) -> std::io::Result<
             body.len(),
             if close { "Connection: close\r\n" } else { "" }
         );
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         stream.write_all(response.as_bytes()).await?;
+        served.fetch_add(1, Ordering::Relaxed);
         if close {
             return stream.shutdown().await;
         }
