@@ -286,3 +286,34 @@ async fn unix_sockets_on_both_sides() {
     echo_once(&mut s, b"tcp to unix").await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Byte counters and active sessions move while a session lasts, not only at its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_move_while_a_session_lasts() {
+    let echo = tcp_echo().await;
+    let p = proxy(&echo.to_string(), &[]);
+    let (listen, admin) = (p.addrs[0], p.addrs[1]);
+    let mut session = TcpStream::connect(listen).await.unwrap();
+    let figures = async || {
+        let status: serde_json::Value =
+            serde_json::from_str(&admin_get(admin, "/status.json").await).unwrap();
+        let u = &status["listeners"][0]["upstreams"][0];
+        (
+            u["active"].as_i64().unwrap(),
+            u["bytes_out"].as_u64().unwrap(),
+            u["bytes_in"].as_u64().unwrap(),
+        )
+    };
+    for round in 1..=3u64 {
+        echo_once(&mut session, &[b'x'; 1000]).await;
+        wait_until("figures to move", Duration::from_secs(2), async || {
+            figures().await == (1, 1000 * round, 1000 * round)
+        })
+        .await;
+    }
+    drop(session);
+    wait_until("the session to end", Duration::from_secs(2), async || {
+        figures().await == (0, 3000, 3000)
+    })
+    .await;
+}
