@@ -186,9 +186,10 @@ impl Scheme for Rebuilt {
     }
 }
 
-const SCHEMES: [&str; 8] = [
+const SCHEMES: [&str; 9] = [
     "upstreams balanced",
     "upstreams rspamd-ring",
+    "upstreams rspamd-jump",
     "pingora consistent (ketama)",
     "anchorhash 0.2",
     "maglev 0.2",
@@ -201,6 +202,7 @@ fn make(kind: &str, n: usize) -> Box<dyn Scheme> {
     match kind {
         "upstreams balanced" => Box::new(Ours::new(n, HashMode::Balanced, None)),
         "upstreams rspamd-ring" => Box::new(Ours::new(n, HashMode::RspamdRing, None)),
+        "upstreams rspamd-jump" => Box::new(Ours::new(n, HashMode::RspamdJump, None)),
         "pingora consistent (ketama)" => Box::new(Pingora {
             lb: LoadBalancer::try_from_iter(addrs(n)).unwrap(),
             names: addrs(n),
@@ -320,6 +322,8 @@ fn weighted(count: usize) {
     for (name, mode) in [
         ("upstreams balanced", HashMode::Balanced),
         ("upstreams rspamd-ring", HashMode::RspamdRing),
+        // rspamd 3.x ignores weights: its error here is what a weighted 3.x fleet gets.
+        ("upstreams rspamd-jump", HashMode::RspamdJump),
     ] {
         let s = Ours::new(10, mode, Some(&w));
         let mut counts = [0usize; 10];

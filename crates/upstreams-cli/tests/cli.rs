@@ -232,3 +232,66 @@ fn proxy_refuses_what_it_cannot_serve() {
     assert_eq!(code, 2);
     assert!(err.contains("invalid value 'always'"), "{err}");
 }
+
+/// SPEC.md item 46 through the command: every row of the rspamd 3.4 vectors, offline members
+/// taken down with `--down`, keys on standard input.
+#[test]
+fn pick_reproduces_the_rspamd3_jump_vectors() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../upstreams/tests/vectors/rspamd3_jump.tsv"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    // (definition, default port, offline) and its (key, expected name) rows.
+    type Group = ((String, String, String), Vec<(String, String)>);
+    let mut groups: Vec<Group> = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')).skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let group = (f[0].to_owned(), f[1].to_owned(), f[2].to_owned());
+        match groups.last_mut() {
+            Some((g, rows)) if *g == group => rows.push((f[3].to_owned(), f[4].to_owned())),
+            _ => groups.push((group, vec![(f[3].to_owned(), f[4].to_owned())])),
+        }
+    }
+    let mut checked = 0;
+    for ((def, port, offline), rows) in &groups {
+        let mut args = vec![
+            "pick".to_owned(),
+            def.clone(),
+            "--rotation".into(),
+            "hash".into(),
+            "--hash".into(),
+            "rspamd-jump".into(),
+            "--default-port".into(),
+            port.clone(),
+            "--keys".into(),
+            "-".into(),
+        ];
+        if offline != "-" {
+            for name in offline.split(',') {
+                args.push("--down".into());
+                args.push(name.to_owned());
+            }
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_upstreams"))
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let keys: String = rows.iter().map(|(k, _)| format!("{k}\n")).collect();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(keys.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let got: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+        let want: Vec<&str> = rows.iter().map(|(_, e)| e.as_str()).collect();
+        assert_eq!(got, want, "{def} down {offline}");
+        checked += rows.len();
+    }
+    assert!(checked >= 5987, "{checked} rows");
+}

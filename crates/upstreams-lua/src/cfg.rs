@@ -167,7 +167,9 @@ fn read_limits(t: &Table, mut l: Limits) -> Result<Limits> {
             "probe_jitter" => l.with_probe_jitter(number(&key, v)?),
             "hash" => {
                 let Value::String(s) = v else {
-                    return Err(invalid("cfg.hash must be \"balanced\" or \"rspamd-ring\""));
+                    return Err(invalid(
+                        "cfg.hash must be \"balanced\", \"rspamd-ring\" or \"rspamd-jump\"",
+                    ));
                 };
                 l.with_hash_mode(s.to_str()?.parse::<HashMode>().map_err(invalid)?)
             }

@@ -18,6 +18,29 @@ fn api_script_passes_embedded() {
     assert_eq!(run_script("api.lua"), 0, "failures in api.lua (see stderr)");
 }
 
+/// SPEC.md item 46 through the module: the rspamd 3.4 jump-hash vectors.
+#[test]
+fn jump_vectors_match_embedded() {
+    let path = format!(
+        "{}/../upstreams/tests/vectors/rspamd3_jump.tsv",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let source = std::fs::read_to_string(format!(
+        "{}/tests/lua/jump_vectors.lua",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let lua = Lua::new();
+    upstreams_lua::preload(&lua).unwrap();
+    lua.globals().set("VECTORS", path).unwrap();
+    let mismatches: i64 = lua
+        .load(&source)
+        .set_name("jump_vectors.lua")
+        .eval()
+        .unwrap();
+    assert_eq!(mismatches, 0, "see stderr");
+}
+
 #[test]
 fn register_returns_the_module_table() {
     let lua = Lua::new();

@@ -51,7 +51,7 @@ struct Case {
     weighted: bool,
 }
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 8] = [
     Case {
         label: "round-robin",
         rotation: Rotation::RoundRobin,
@@ -92,6 +92,12 @@ const CASES: [Case; 7] = [
         label: "hash-rspamd-ring",
         rotation: Rotation::Hashed,
         mode: HashMode::RspamdRing,
+        weighted: false,
+    },
+    Case {
+        label: "hash-rspamd-jump",
+        rotation: Rotation::Hashed,
+        mode: HashMode::RspamdJump,
         weighted: false,
     },
 ];

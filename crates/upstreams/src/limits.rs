@@ -9,8 +9,10 @@ pub enum HashMode {
     /// Slot table with per-key probe sequence: minimal movement, exact shares, O(1).
     #[default]
     Balanced,
-    /// rspamd's ketama ring, bit-compatible with rspamd's own picks.
+    /// rspamd 4.x's ketama ring, bit-compatible with rspamd's own picks.
     RspamdRing,
+    /// rspamd 3.x's jump hash (every release before 4.0), bit-compatible.
+    RspamdJump,
 }
 
 impl std::str::FromStr for HashMode {
@@ -20,8 +22,9 @@ impl std::str::FromStr for HashMode {
         match s.to_ascii_lowercase().as_str() {
             "balanced" => Ok(Self::Balanced),
             "rspamd-ring" | "rspamd" | "ring" | "ketama" => Ok(Self::RspamdRing),
+            "rspamd-jump" | "jump" => Ok(Self::RspamdJump),
             other => Err(format!(
-                "unknown hash mode {other:?} (expected balanced or rspamd-ring)"
+                "unknown hash mode {other:?} (expected balanced, rspamd-ring or rspamd-jump)"
             )),
         }
     }
@@ -32,6 +35,7 @@ impl std::fmt::Display for HashMode {
         f.write_str(match self {
             Self::Balanced => "balanced",
             Self::RspamdRing => "rspamd-ring",
+            Self::RspamdJump => "rspamd-jump",
         })
     }
 }

@@ -8,6 +8,7 @@
 
 pub(crate) mod balanced;
 pub(crate) mod down;
+pub(crate) mod jump;
 pub(crate) mod ring;
 pub(crate) mod rr;
 pub(crate) mod tokens;
@@ -210,6 +211,9 @@ impl Members {
             Rotation::Hashed if !key.is_empty() => {
                 return match shared.hash_mode {
                     HashMode::RspamdRing => self.ring().lookup(key, ok),
+                    HashMode::RspamdJump => {
+                        jump::lookup(key, ups.len(), ok, |n| shared.rng.below(n))
+                    }
                     _ => self.balanced.lookup(balanced::key_hash(key), ok),
                 };
             }
