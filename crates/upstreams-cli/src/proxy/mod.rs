@@ -206,6 +206,11 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 }
 
 async fn serve(args: &Args) -> Result<()> {
+    // Before anything is printed or bound: a SIGHUP that arrives once the addresses are out
+    // (a test, a script) must reach the reload, not the default action (exit).
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let mut config = if let Some(path) = &args.config {
         Config::load(path)?
     } else if args.demo {
@@ -234,9 +239,6 @@ async fn serve(args: &Args) -> Result<()> {
     let plan = prepare(&proxy, &running, None, &config).await?;
     apply(&proxy, &mut running, plan);
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv() => match &args.config {
