@@ -1,12 +1,14 @@
 //! The `upstream_list` userdata and the delivery of watch events to Lua callbacks.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mlua::{Function, Lua, MetaMethod, Result, Table, UserData, UserDataMethods, Value};
+use mlua::{
+    AnyUserData, Function, Lua, MetaMethod, Result, Table, UserData, UserDataMethods, Value,
+};
 use upstreams::{Event, Events, Rotation, Upstream, UpstreamList};
 
 use crate::upstream::LuaUpstream;
@@ -22,7 +24,21 @@ pub(crate) struct Core {
     queue: Arc<Mutex<VecDeque<Queued>>>,
     /// Bit per event that some Lua watcher wants (so unwatched events are not queued).
     wanted: Arc<AtomicU8>,
-    watchers: RefCell<Vec<(Events, Function)>>,
+    /// A delivery is running: events raised by its callbacks are queued and delivered by
+    /// that outermost call, in order, instead of by a nested one (no native recursion).
+    delivering: Cell<bool>,
+}
+
+/// Most events one outermost delivery hands out: callbacks that raise an event for every
+/// event they get would otherwise loop for ever (each `ok()` raises `success`).
+const MOST_DELIVERIES: usize = 100_000;
+
+/// The callbacks of a list live in its userdata's user value (a Lua table of `{mask, fn}`
+/// pairs), where Lua's collector sees them: a callback that refers to its own list is then a
+/// cycle the collector can free. Upstream wrappers keep their list's userdata in their own
+/// user value, for the same reason.
+pub(crate) fn callbacks(list: &AnyUserData) -> Result<Option<Table>> {
+    list.user_value::<Option<Table>>()
 }
 
 fn bit(event: Event) -> u8 {
@@ -53,17 +69,29 @@ impl Core {
             list: Arc::new(list),
             queue,
             wanted,
-            watchers: RefCell::default(),
+            delivering: Cell::new(false),
         })
     }
 
-    /// Runs the Lua watchers for every queued event. A callback's error is reported on
-    /// stderr and swallowed (SPEC.md item 45); callbacks may call back into the list.
-    pub(crate) fn deliver(core: &Rc<Self>, lua: &Lua) -> Result<()> {
-        if core.wanted.load(Ordering::Relaxed) == 0 {
-            return Ok(()); // no Lua watcher: nothing was queued
+    /// Runs the Lua watchers of `list` (the list's userdata) for every queued event. A
+    /// callback's error is reported on stderr and swallowed (SPEC.md item 45); callbacks may
+    /// call back into the list: what they raise is delivered after them by this same call.
+    pub(crate) fn deliver(core: &Rc<Self>, lua: &Lua, list: &AnyUserData) -> Result<()> {
+        if core.wanted.load(Ordering::Relaxed) == 0 || core.delivering.get() {
+            // No Lua watcher (nothing was queued), or an outer delivery will get to it.
+            return Ok(());
         }
-        loop {
+        let Some(table) = callbacks(list)? else {
+            return Ok(());
+        };
+        core.delivering.set(true);
+        let result = Self::deliver_all(core, lua, list, &table);
+        core.delivering.set(false);
+        result
+    }
+
+    fn deliver_all(core: &Rc<Self>, lua: &Lua, list: &AnyUserData, table: &Table) -> Result<()> {
+        for _ in 0..MOST_DELIVERIES {
             let next = core
                 .queue
                 .lock()
@@ -72,16 +100,19 @@ impl Core {
             let Some((event, up, errors)) = next else {
                 return Ok(());
             };
-            let callbacks: Vec<Function> = core
-                .watchers
-                .borrow()
-                .iter()
-                .filter(|(events, _)| events.contains(event))
-                .map(|(_, f)| f.clone())
-                .collect();
-            for callback in callbacks {
+            // The callbacks registered now (one a callback adds sees later events), taken one
+            // at a time: a Lua reference held from Rust takes a slot of a stack LuaJIT
+            // limits to about 8 000.
+            let registered = table.raw_len();
+            for i in 1..=registered {
+                let pair: Table = table.raw_get(i)?;
+                let mask: u8 = pair.raw_get(1)?;
+                if mask & bit(event) == 0 {
+                    continue;
+                }
+                let callback: Function = pair.raw_get(2)?;
                 let wrapper =
-                    lua.create_userdata(LuaUpstream::view(Arc::clone(&up), Rc::clone(core)))?;
+                    LuaUpstream::view(Arc::clone(&up), Rc::clone(core)).into_userdata(lua, list)?;
                 if let Err(err) = callback.call::<()>((event.name(), wrapper, errors)) {
                     eprintln!(
                         "upstream_list: {event} watcher for {} raised an error: {err}",
@@ -90,6 +121,12 @@ impl Core {
                 }
             }
         }
+        // Still going: the callbacks raise an event for every event they get.
+        core.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        Err(mlua::Error::runtime(format!(
+            "upstream_list: watchers raised events for {MOST_DELIVERIES} deliveries in a row \
+             (a watcher that calls ok() on every success?); the rest were dropped"
+        )))
     }
 }
 
@@ -99,15 +136,38 @@ pub(crate) struct LuaList {
 }
 
 impl LuaList {
-    fn wrap(&self, lua: &Lua, picked: Option<upstreams::Picked>) -> Result<Value> {
+    fn wrap(
+        &self,
+        lua: &Lua,
+        me: &AnyUserData,
+        picked: Option<upstreams::Picked>,
+    ) -> Result<Value> {
         let value = match picked {
-            Some(p) => {
-                Value::UserData(lua.create_userdata(LuaUpstream::picked(p, Rc::clone(&self.core)))?)
-            }
+            Some(p) => Value::UserData(
+                LuaUpstream::picked(p, Rc::clone(&self.core)).into_userdata(lua, me)?,
+            ),
             None => Value::Nil,
         };
-        Core::deliver(&self.core, lua)?;
+        Core::deliver(&self.core, lua, me)?;
         Ok(value)
+    }
+}
+
+/// A list method that needs its own userdata (for the callbacks and for wrappers).
+fn with_list<R>(ud: &AnyUserData, f: impl FnOnce(&LuaList) -> Result<R>) -> Result<R> {
+    let this = ud.borrow::<LuaList>()?;
+    f(&this)
+}
+
+/// `self` of a list method taken as a plain value, so that a wrong one gets the same message
+/// as a method's: "bad argument `self` to `LuaList.NAME`".
+pub(crate) fn this_list(name: &str, value: Value) -> Result<AnyUserData> {
+    match value {
+        Value::UserData(ud) if ud.is::<LuaList>() => Ok(ud),
+        other => Err(mlua::Error::runtime(format!(
+            "bad argument `self` to `LuaList.{name}`: expected an upstream_list, got {}",
+            crate::cfg::lua_type(&other)
+        ))),
     }
 }
 
@@ -151,7 +211,8 @@ fn parse_events(what: &Value) -> Result<Events> {
 
 impl UserData for LuaList {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("get_upstream_by_hash", |lua, this, key: Value| {
+        methods.add_function("get_upstream_by_hash", |lua, (ud, key): (Value, Value)| {
+            let ud = this_list("get_upstream_by_hash", ud)?;
             let key = match &key {
                 Value::String(_) | Value::Integer(_) | Value::Number(_) => lua
                     .coerce_string(key.clone())?
@@ -163,43 +224,65 @@ impl UserData for LuaList {
                     )))
                 }
             };
-            let picked = this.core.list.get(Rotation::Hashed, &key.as_bytes());
-            this.wrap(lua, picked)
+            let picked = with_list(&ud, |this| {
+                Ok(this.core.list.get(Rotation::Hashed, &key.as_bytes()))
+            })?;
+            with_list(&ud, |this| this.wrap(lua, &ud, picked))
         });
-        methods.add_method("get_upstream_round_robin", |lua, this, ()| {
-            let picked = this.core.list.get(Rotation::RoundRobin, b"");
-            this.wrap(lua, picked)
+        methods.add_function("get_upstream_round_robin", |lua, ud: Value| {
+            let ud = this_list("get_upstream_round_robin", ud)?;
+            let picked = with_list(&ud, |this| {
+                Ok(this.core.list.get(Rotation::RoundRobin, b""))
+            })?;
+            with_list(&ud, |this| this.wrap(lua, &ud, picked))
         });
-        methods.add_method("get_upstream_master_slave", |lua, this, ()| {
-            let picked = this.core.list.get(Rotation::MasterSlave, b"");
-            this.wrap(lua, picked)
+        methods.add_function("get_upstream_master_slave", |lua, ud: Value| {
+            let ud = this_list("get_upstream_master_slave", ud)?;
+            let picked = with_list(&ud, |this| {
+                Ok(this.core.list.get(Rotation::MasterSlave, b""))
+            })?;
+            with_list(&ud, |this| this.wrap(lua, &ud, picked))
         });
         // Ours: a retry elsewhere (rspamd's C API has it; its Lua API does not).
-        methods.add_method(
+        methods.add_function(
             "get_upstream_except",
             |lua,
-             this,
-             (except, key): (mlua::UserDataRef<LuaUpstream>, Option<mlua::LuaString>)| {
+             (ud, except, key): (
+                Value,
+                mlua::UserDataRef<LuaUpstream>,
+                Option<mlua::LuaString>,
+            )| {
+                let ud = this_list("get_upstream_except", ud)?;
                 let key = key.map(|k| k.as_bytes().to_vec()).unwrap_or_default();
                 let rotation = if key.is_empty() {
                     Rotation::RoundRobin
                 } else {
                     Rotation::Hashed
                 };
-                let picked = this.core.list.get_except(except.upstream(), rotation, &key);
-                this.wrap(lua, picked)
+                let picked = with_list(&ud, |this| {
+                    Ok(this.core.list.get_except(except.upstream(), rotation, &key))
+                })?;
+                with_list(&ud, |this| this.wrap(lua, &ud, picked))
             },
         );
-        methods.add_method("all_upstreams", |lua, this, ()| {
+        methods.add_function("all_upstreams", |lua, ud: Value| {
+            let ud = this_list("all_upstreams", ud)?;
             let t = lua.create_table()?;
-            for (i, up) in this.core.list.upstreams().into_iter().enumerate() {
-                t.raw_set(i + 1, LuaUpstream::view(up, Rc::clone(&this.core)))?;
+            let (ups, core) = with_list(&ud, |this| {
+                Ok((this.core.list.upstreams(), Rc::clone(&this.core)))
+            })?;
+            for (i, up) in ups.into_iter().enumerate() {
+                t.raw_set(
+                    i + 1,
+                    LuaUpstream::view(up, Rc::clone(&core)).into_userdata(lua, &ud)?,
+                )?;
             }
             Ok(t)
         });
-        methods.add_method(
+        methods.add_function(
             "add_watcher",
-            |_, this, (what, callback): (Value, Value)| {
+            |lua, (ud, what, callback): (Value, Value, Value)| {
+                let ud = this_list("add_watcher", ud)?;
                 let events = parse_events(&what)?;
                 let Value::Function(callback) = callback else {
                     return Err(mlua::Error::runtime(format!(
@@ -211,9 +294,23 @@ impl UserData for LuaList {
                     .into_iter()
                     .filter(|e| events.contains(*e))
                     .fold(0, |m, e| m | bit(e));
-                this.core.wanted.fetch_or(mask, Ordering::Relaxed);
-                this.core.watchers.borrow_mut().push((events, callback));
-                Ok(())
+                let table = match callbacks(&ud)? {
+                    Some(t) => t,
+                    None => {
+                        let t = lua.create_table()?;
+                        ud.set_user_value(&t)?;
+                        t
+                    }
+                };
+                let pair = lua.create_sequence_from([
+                    Value::Integer(i64::from(mask)),
+                    Value::Function(callback),
+                ])?;
+                table.raw_push(pair)?;
+                with_list(&ud, |this| {
+                    this.core.wanted.fetch_or(mask, Ordering::Relaxed);
+                    Ok(())
+                })
             },
         );
         methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {

@@ -40,8 +40,35 @@ impl LuaUpstream {
         &self.up
     }
 
+    /// This wrapper as Lua userdata that keeps `list` (its list's userdata) alive through its
+    /// user value, where Lua's collector sees the reference.
+    pub(crate) fn into_userdata(self, lua: &mlua::Lua, list: &AnyUserData) -> Result<AnyUserData> {
+        let ud = lua.create_userdata(self)?;
+        ud.set_user_value(list)?;
+        Ok(ud)
+    }
+
     fn take_pick(&self) -> Option<Picked> {
         self.pick.borrow_mut().take()
+    }
+}
+
+/// `self` of an upstream method taken as a plain value (see `list::this_list`).
+fn this_upstream(name: &str, value: Value) -> Result<AnyUserData> {
+    match value {
+        Value::UserData(ud) if ud.is::<LuaUpstream>() => Ok(ud),
+        other => Err(mlua::Error::runtime(format!(
+            "bad argument `self` to `LuaUpstream.{name}`: expected an upstream, got {}",
+            crate::cfg::lua_type(&other)
+        ))),
+    }
+}
+
+/// Delivers queued events through the list that `upstream` (a wrapper's userdata) came from.
+fn deliver_from(core: &Rc<Core>, lua: &mlua::Lua, upstream: &AnyUserData) -> Result<()> {
+    match upstream.user_value::<Option<AnyUserData>>()? {
+        Some(list) => Core::deliver(core, lua, &list),
+        None => Ok(()),
     }
 }
 
@@ -89,20 +116,32 @@ impl UserData for LuaUpstream {
                 _ => this.up.next_addr().map(LuaAddr::Inet),
             })
         });
-        methods.add_method("ok", |lua, this, ()| {
-            match this.take_pick() {
-                Some(p) => p.ok(),
-                None => this.up.ok(),
-            }
-            Core::deliver(&this.core, lua)
+        methods.add_function("ok", |lua, ud: Value| {
+            let ud = this_upstream("ok", ud)?;
+            let core = {
+                let this = ud.borrow::<LuaUpstream>()?;
+                match this.take_pick() {
+                    Some(p) => p.ok(),
+                    None => this.up.ok(),
+                }
+                Rc::clone(&this.core)
+            };
+            deliver_from(&core, lua, &ud)
         });
-        methods.add_method("fail", |lua, this, args: mlua::MultiValue| {
+        methods.add_function("fail", |lua, args: mlua::MultiValue| {
+            let mut args = args.into_iter();
+            let ud = this_upstream("fail", args.next().unwrap_or(Value::Nil))?;
+            let args: mlua::MultiValue = args.collect();
             let (kind, reason) = fail_args(&args)?;
-            match this.take_pick() {
-                Some(p) => p.fail(kind, &reason),
-                None => this.up.fail(kind, &reason),
-            }
-            Core::deliver(&this.core, lua)
+            let core = {
+                let this = ud.borrow::<LuaUpstream>()?;
+                match this.take_pick() {
+                    Some(p) => p.fail(kind, &reason),
+                    None => this.up.fail(kind, &reason),
+                }
+                Rc::clone(&this.core)
+            };
+            deliver_from(&core, lua, &ud)
         });
         methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
             Ok(this.up.name().to_owned())
