@@ -66,8 +66,13 @@ pub(crate) fn create_args(args: MultiValue) -> Result<CreateArgs> {
                     }
                 }
             }
-            Definition::parse_many(texts.iter().map(String::as_str), default_port)
-                .map_err(|e| e.to_string())
+            if texts.is_empty() {
+                // rspamd: `create({})` is an empty list whose pickers answer nil.
+                Ok(Definition::empty())
+            } else {
+                Definition::parse_many(texts.iter().map(String::as_str), default_port)
+                    .map_err(|e| e.to_string())
+            }
         }
         _ => return Err(mlua::Error::runtime("invalid arguments")),
     };

@@ -153,6 +153,16 @@ impl LuaList {
     }
 }
 
+/// A pick as the Lua API makes it: the list's prefix wins (rspamd), and a `random:` list
+/// balances by power of two choices, as rspamd 4.x serves it (SPEC.md item 47; the Rust
+/// `Rotation::Random` stays plainly random).
+fn lua_get(list: &UpstreamList, rotation: Rotation, key: &[u8]) -> Option<upstreams::Picked> {
+    match list.rotation() {
+        Some(Rotation::Random) => list.get_forced(Rotation::P2c, key),
+        _ => list.get(rotation, key),
+    }
+}
+
 /// A list method that needs its own userdata (for the callbacks and for wrappers).
 fn with_list<R>(ud: &AnyUserData, f: impl FnOnce(&LuaList) -> Result<R>) -> Result<R> {
     let this = ud.borrow::<LuaList>()?;
@@ -225,21 +235,21 @@ impl UserData for LuaList {
                 }
             };
             let picked = with_list(&ud, |this| {
-                Ok(this.core.list.get(Rotation::Hashed, &key.as_bytes()))
+                Ok(lua_get(&this.core.list, Rotation::Hashed, &key.as_bytes()))
             })?;
             with_list(&ud, |this| this.wrap(lua, &ud, picked))
         });
         methods.add_function("get_upstream_round_robin", |lua, ud: Value| {
             let ud = this_list("get_upstream_round_robin", ud)?;
             let picked = with_list(&ud, |this| {
-                Ok(this.core.list.get(Rotation::RoundRobin, b""))
+                Ok(lua_get(&this.core.list, Rotation::RoundRobin, b""))
             })?;
             with_list(&ud, |this| this.wrap(lua, &ud, picked))
         });
         methods.add_function("get_upstream_master_slave", |lua, ud: Value| {
             let ud = this_list("get_upstream_master_slave", ud)?;
             let picked = with_list(&ud, |this| {
-                Ok(this.core.list.get(Rotation::MasterSlave, b""))
+                Ok(lua_get(&this.core.list, Rotation::MasterSlave, b""))
             })?;
             with_list(&ud, |this| this.wrap(lua, &ud, picked))
         });

@@ -166,6 +166,15 @@ impl Definition {
         Ok(def)
     }
 
+    /// A definition with no entries: a list built from it is empty and every pick answers
+    /// `None` (rspamd's Lua `create({})` returns such a list). Parsing never yields one.
+    pub fn empty() -> Self {
+        Self {
+            rotation: None,
+            entries: Vec::new(),
+        }
+    }
+
     /// The rotation named by the prefix, if any.
     pub fn rotation(&self) -> Option<Rotation> {
         self.rotation

@@ -412,3 +412,31 @@ fn item_27_token_bucket() {
     a.ok();
     b.ok();
 }
+
+/// An empty list (`Definition::empty`) answers `None` to every pick, and a reload can fill it.
+#[test]
+fn an_empty_list_picks_nothing() {
+    let list = upstreams::UpstreamList::new(
+        &upstreams::Definition::empty(),
+        upstreams::Limits::default(),
+    )
+    .unwrap();
+    assert!(list.is_empty());
+    for rotation in [
+        Rotation::RoundRobin,
+        Rotation::Random,
+        Rotation::MasterSlave,
+        Rotation::Hashed,
+        Rotation::Sequential,
+        Rotation::P2c,
+    ] {
+        assert!(list.get(rotation, b"key").is_none(), "{rotation:?}");
+        assert!(list.get_forced(rotation, b"").is_none(), "{rotation:?}");
+    }
+    assert!(list.get_token_bucket(1).is_none());
+    list.reconfigure(&upstreams::Definition::parse("127.0.0.1", 80).unwrap());
+    assert_eq!(
+        list.get(Rotation::RoundRobin, b"").unwrap().name(),
+        "127.0.0.1"
+    );
+}

@@ -296,6 +296,31 @@ test("dropped wrappers release their picks", function()
   eq((counts["127.0.0.1"] or 0) > 100 and (counts["127.0.0.2"] or 0) > 100, true, "both used")
 end)
 
+test("create({}) is an empty list whose pickers answer nil (rspamd)", function()
+  local l = upstream_list.create({})
+  eq(type(l), "userdata", "a list")
+  eq(#l:all_upstreams(), 0, "no upstreams")
+  eq(l:get_upstream_by_hash("k"), nil, "hash")
+  eq(l:get_upstream_round_robin(), nil, "round-robin")
+  eq(l:get_upstream_master_slave(), nil, "master-slave")
+end)
+
+test("a random: list balances by power of two choices (rspamd 4.x, SPEC 47)", function()
+  local l = upstream_list.create("random:127.0.0.1,127.0.0.2")
+  -- Picks held in flight: least-loaded-of-two never lets one upstream get two ahead (plain
+  -- random would within a few picks), whichever method asks.
+  local held, count = {}, {["127.0.0.1"] = 0, ["127.0.0.2"] = 0}
+  for i = 1, 40 do
+    local up = (i % 3 == 0) and l:get_upstream_by_hash("k" .. i)
+      or (i % 3 == 1) and l:get_upstream_round_robin() or l:get_upstream_master_slave()
+    count[up:get_name()] = count[up:get_name()] + 1
+    held[#held + 1] = up
+    local gap = count["127.0.0.1"] - count["127.0.0.2"]
+    assert(gap >= -1 and gap <= 1, string.format("pick %d: %d vs %d", i, count["127.0.0.1"], count["127.0.0.2"]))
+  end
+  for _, up in ipairs(held) do up:ok() end
+end)
+
 local total = passed + failed
 print(string.format("%s: %d/%d tests passed", _VERSION .. (jit and (" " .. jit.version) or ""), passed, total))
 if arg and arg[0] then
