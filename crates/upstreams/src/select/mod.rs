@@ -99,7 +99,10 @@ pub(crate) struct Members {
     pub(crate) upstreams: Box<[Arc<Upstream>]>,
     rr: RoundRobin,
     priority: Box<[u32]>,
-    balanced: Balanced,
+    /// Built with the snapshot when the list hashes with `balanced`; otherwise on first use
+    /// (weighted random): a list that never needs it (the Lua module's lists hash with
+    /// rspamd's ring) does not carry its 16 384-slot table (≈ 23 KiB a list).
+    balanced: OnceLock<Balanced>,
     ring: OnceLock<Ring>,
     sequence: AtomicUsize,
     weighted: bool,
@@ -121,7 +124,12 @@ impl Members {
             let up = &upstreams[i as usize];
             (up.srv_priority(), std::cmp::Reverse(up.weight()))
         });
-        let balanced = Balanced::build(upstreams.iter().map(|u| (u.name(), u.weight())));
+        let balanced = OnceLock::new();
+        if hash_mode == HashMode::Balanced {
+            let _ = balanced.set(Balanced::build(
+                upstreams.iter().map(|u| (u.name(), u.weight())),
+            ));
+        }
         let ring = OnceLock::new();
         if hash_mode == HashMode::RspamdRing {
             let _ = ring.set(Ring::build(
@@ -139,6 +147,12 @@ impl Members {
             generation: 0,
             upstreams: upstreams.into_boxed_slice(),
         }
+    }
+
+    #[inline]
+    fn balanced(&self) -> &Balanced {
+        self.balanced
+            .get_or_init(|| Balanced::build(self.upstreams.iter().map(|u| (u.name(), u.weight()))))
     }
 
     fn ring(&self) -> &Ring {
@@ -214,7 +228,7 @@ impl Members {
                     HashMode::RspamdJump => {
                         jump::lookup(key, ups.len(), ok, |n| shared.rng.below(n))
                     }
-                    _ => self.balanced.lookup(balanced::key_hash(key), ok),
+                    _ => self.balanced().lookup(balanced::key_hash(key), ok),
                 };
             }
             Rotation::Sequential => return self.sequential(ok),
@@ -255,7 +269,7 @@ impl Members {
                 .iter()
                 .map(|&i| i as usize)
                 .find(|&i| accept(i)),
-            _ => self.balanced.lookup(shared.rng.next_u64(), accept),
+            _ => self.balanced().lookup(shared.rng.next_u64(), accept),
         }
     }
 
