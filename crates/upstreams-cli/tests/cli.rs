@@ -182,7 +182,7 @@ fn proxy_refuses_what_it_cannot_serve() {
         ),
         (
             &["--revive-time", "1e19"],
-            "limits.revive_time: 1e19 is out of range",
+            "limits: invalid limit revive_time: must be a number of seconds",
         ),
     ];
     for (extra, message) in cases {

@@ -1,7 +1,5 @@
 //! `create([cfg,] def [, default_port])`: telling the arguments apart and reading `cfg`.
 
-use std::time::Duration;
-
 use mlua::{MultiValue, Result, Table, Value};
 use upstreams::{Definition, HashMode, Limits};
 use upstreams_dns::Nameservers;
@@ -119,11 +117,6 @@ fn number(key: &str, v: Value) -> Result<f64> {
     }
 }
 
-fn seconds(key: &str, v: Value) -> Result<Duration> {
-    let n = number(key, v)?;
-    Duration::try_from_secs_f64(n).map_err(|_| invalid(format!("cfg.{key} must be >= 0 seconds")))
-}
-
 fn count(key: &str, v: Value) -> Result<u32> {
     let n = number(key, v)?;
     if n.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&n) {
@@ -147,42 +140,50 @@ fn read_dns(t: &Table) -> Result<Option<Nameservers>> {
     }
 }
 
-/// Reads the limits a `cfg` table sets; unknown keys are errors (a typo must not pass).
-fn read_limits(t: &Table, mut l: Limits) -> Result<Limits> {
+/// Reads the limits a `cfg` table sets into the core's one reading of them
+/// ([`upstreams::LimitsConfig`]: the names of the proxy's `[listener.limits]`), which checks
+/// the ranges; unknown keys are errors (a typo must not pass). Here only Lua's types are
+/// read: numbers (integral ones where a count is expected) and the hash mode's name.
+fn read_limits(t: &Table, l: Limits) -> Result<Limits> {
+    let mut c = upstreams::LimitsConfig::default();
     for pair in t.pairs::<Value, Value>() {
         let (k, v) = pair?;
         let Value::String(key) = k else {
             return Err(invalid("cfg keys must be strings"));
         };
         let key = key.to_str()?.to_string();
-        l = match key.as_str() {
-            "dns" => l, // read by read_dns
-            "max_errors" => l.with_max_errors(count(&key, v)?),
-            "max_consecutive_errors" => l.with_max_consecutive_errors(count(&key, v)?),
-            "dns_retransmits" => l.with_dns_retransmits(count(&key, v)?),
-            "error_time" => l.with_error_time(seconds(&key, v)?),
-            "revive_time" => l.with_revive_time(seconds(&key, v)?),
-            "dns_timeout" => l.with_dns_timeout(seconds(&key, v)?),
-            "lazy_resolve_time" => l.with_lazy_resolve_time(seconds(&key, v)?),
-            "resolve_min_interval" => l.with_resolve_min_interval(seconds(&key, v)?),
-            "probe_max_backoff" => l.with_probe_max_backoff(seconds(&key, v)?),
-            "slow_start" => l.with_slow_start(seconds(&key, v)?),
-            "latency_half_life" => l.with_latency_half_life(seconds(&key, v)?),
-            "revive_jitter" => l.with_revive_jitter(number(&key, v)?),
-            "probe_jitter" => l.with_probe_jitter(number(&key, v)?),
+        match key.as_str() {
+            "dns" => {} // read by read_dns
+            "max_errors" => c.max_errors = Some(count(&key, v)?),
+            "max_consecutive_errors" => c.max_consecutive_errors = Some(count(&key, v)?),
+            "dns_retransmits" => c.dns_retransmits = Some(count(&key, v)?),
+            "error_time" => c.error_time = Some(number(&key, v)?),
+            "revive_time" => c.revive_time = Some(number(&key, v)?),
+            "dns_timeout" => c.dns_timeout = Some(number(&key, v)?),
+            "lazy_resolve_time" => c.lazy_resolve_time = Some(number(&key, v)?),
+            "resolve_min_interval" => c.resolve_min_interval = Some(number(&key, v)?),
+            "probe_max_backoff" => c.probe_max_backoff = Some(number(&key, v)?),
+            "slow_start" => c.slow_start = Some(number(&key, v)?),
+            "latency_half_life" => c.latency_half_life = Some(number(&key, v)?),
+            "default_latency" => c.default_latency = Some(number(&key, v)?),
+            "revive_jitter" => c.revive_jitter = Some(number(&key, v)?),
+            "probe_jitter" => c.probe_jitter = Some(number(&key, v)?),
+            "seed" => c.seed = Some(u64::from(count(&key, v)?)),
             "hash" => {
                 let Value::String(s) = v else {
                     return Err(invalid(
                         "cfg.hash must be \"balanced\", \"rspamd-ring\" or \"rspamd-jump\"",
                     ));
                 };
-                l.with_hash_mode(s.to_str()?.parse::<HashMode>().map_err(invalid)?)
+                let name = s.to_str()?.to_string();
+                // The parser's message names the known modes.
+                name.parse::<HashMode>().map_err(invalid)?;
+                c.hash = Some(name);
             }
             other => return Err(invalid(format!("unknown cfg option {other:?}"))),
-        };
+        }
     }
-    l.validate().map_err(invalid)?;
-    Ok(l)
+    c.apply(l).map_err(|e| invalid(format!("cfg: {e}")))
 }
 
 /// The type name Lua's own `type()` gives (integers are numbers).

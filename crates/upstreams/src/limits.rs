@@ -177,3 +177,109 @@ impl Limits {
         Ok(())
     }
 }
+
+/// The longest duration a setting read by [`LimitsConfig`] takes (a year): deadlines computed
+/// from "now" stay far from the clock's end.
+pub const MAX_CONFIG_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// The limits as configuration files and scripts write them, read once for every shell (the
+/// proxy's `[listener.limits]`, the Lua `cfg` table, command-line flags): the field names of
+/// [`Limits`], times in seconds, the hash mode by name (`hash`), unknown names refused.
+/// [`LimitsConfig::apply`] checks every value and names the one that is out of range.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LimitsConfig {
+    /// [`Limits::max_errors`].
+    pub max_errors: Option<u32>,
+    /// [`Limits::error_time`], seconds.
+    pub error_time: Option<f64>,
+    /// [`Limits::revive_time`], seconds.
+    pub revive_time: Option<f64>,
+    /// [`Limits::revive_jitter`], 0..=1.
+    pub revive_jitter: Option<f64>,
+    /// [`Limits::dns_timeout`], seconds.
+    pub dns_timeout: Option<f64>,
+    /// [`Limits::dns_retransmits`].
+    pub dns_retransmits: Option<u32>,
+    /// [`Limits::lazy_resolve_time`], seconds.
+    pub lazy_resolve_time: Option<f64>,
+    /// [`Limits::resolve_min_interval`], seconds.
+    pub resolve_min_interval: Option<f64>,
+    /// [`Limits::probe_max_backoff`], seconds.
+    pub probe_max_backoff: Option<f64>,
+    /// [`Limits::probe_jitter`], 0..=1.
+    pub probe_jitter: Option<f64>,
+    /// [`Limits::slow_start`], seconds.
+    pub slow_start: Option<f64>,
+    /// [`Limits::latency_half_life`], seconds.
+    pub latency_half_life: Option<f64>,
+    /// [`Limits::default_latency`], seconds.
+    pub default_latency: Option<f64>,
+    /// [`Limits::max_consecutive_errors`].
+    pub max_consecutive_errors: Option<u32>,
+    /// [`Limits::hash_mode`] by name: `balanced`, `rspamd-ring` or `rspamd-jump`.
+    pub hash: Option<String>,
+    /// [`Limits::seed`].
+    pub seed: Option<u64>,
+}
+
+impl LimitsConfig {
+    /// `base` with every value this configuration sets, checked: a time must be a number of
+    /// seconds in `0..=MAX_CONFIG_SECONDS` (`error_time` and `latency_half_life` above 0),
+    /// a jitter in `0..=1`, the hash mode a known name. The error names the setting.
+    pub fn apply(&self, base: Limits) -> Result<Limits, crate::Error> {
+        fn secs(what: &'static str, v: f64, zero_ok: bool) -> Result<Duration, crate::Error> {
+            let ok = if zero_ok { v >= 0.0 } else { v > 0.0 };
+            if !(ok && v <= MAX_CONFIG_SECONDS) {
+                return Err(crate::Error::InvalidLimit {
+                    what,
+                    why: if zero_ok {
+                        "must be a number of seconds within 0..=31536000"
+                    } else {
+                        "must be a number of seconds above 0 and at most 31536000"
+                    },
+                });
+            }
+            Ok(Duration::from_secs_f64(v))
+        }
+        let mut l = base;
+        macro_rules! set {
+            ($field:ident) => {
+                if let Some(v) = self.$field {
+                    l.$field = v;
+                }
+            };
+            ($field:ident, seconds, $zero_ok:expr) => {
+                if let Some(v) = self.$field {
+                    l.$field = secs(stringify!($field), v, $zero_ok)?;
+                }
+            };
+        }
+        set!(max_errors);
+        set!(error_time, seconds, false);
+        set!(revive_time, seconds, true);
+        set!(revive_jitter);
+        set!(dns_timeout, seconds, true);
+        set!(dns_retransmits);
+        set!(lazy_resolve_time, seconds, true);
+        set!(resolve_min_interval, seconds, true);
+        set!(probe_max_backoff, seconds, true);
+        set!(probe_jitter);
+        set!(slow_start, seconds, true);
+        set!(latency_half_life, seconds, false);
+        set!(default_latency, seconds, true);
+        set!(max_consecutive_errors);
+        if let Some(name) = &self.hash {
+            l.hash_mode = name.parse().map_err(|_| crate::Error::InvalidLimit {
+                what: "hash",
+                why: "must be balanced, rspamd-ring or rspamd-jump",
+            })?;
+        }
+        if self.seed.is_some() {
+            l.seed = self.seed;
+        }
+        l.validate()?;
+        Ok(l)
+    }
+}

@@ -466,3 +466,44 @@ fn set_limits_applies_to_a_live_list_and_keeps_health() {
     assert!(l.set_limits(invalid).is_err());
     assert_eq!(l.limits().max_errors, 2);
 }
+
+/// The one reading of limits the shells share: every field applies, ranges are checked and
+/// the error names the setting.
+#[test]
+fn limits_config_applies_every_field_and_names_bad_ones() {
+    use std::time::Duration;
+    use upstreams::{HashMode, Limits, LimitsConfig};
+    let mut c = LimitsConfig::default();
+    c.max_errors = Some(7);
+    c.error_time = Some(2.5);
+    c.revive_time = Some(0.0);
+    c.probe_jitter = Some(0.5);
+    c.latency_half_life = Some(30.0);
+    c.default_latency = Some(0.01);
+    c.hash = Some("rspamd-jump".into());
+    c.seed = Some(9);
+    let l = c.apply(Limits::default()).unwrap();
+    assert_eq!(l.max_errors, 7);
+    assert_eq!(l.error_time, Duration::from_millis(2500));
+    assert_eq!(l.revive_time, Duration::ZERO);
+    assert_eq!(l.probe_jitter, 0.5);
+    assert_eq!(l.latency_half_life, Duration::from_secs(30));
+    assert_eq!(l.default_latency, Duration::from_millis(10));
+    assert_eq!(l.hash_mode, HashMode::RspamdJump);
+    assert_eq!(l.seed, Some(9));
+    let one = |f: &dyn Fn(&mut LimitsConfig)| {
+        let mut c = LimitsConfig::default();
+        f(&mut c);
+        c
+    };
+    for (set, what) in [
+        (one(&|c| c.error_time = Some(0.0)), "error_time"),
+        (one(&|c| c.revive_time = Some(1e19)), "revive_time"),
+        (one(&|c| c.slow_start = Some(f64::NAN)), "slow_start"),
+        (one(&|c| c.probe_jitter = Some(2.0)), "probe_jitter"),
+        (one(&|c| c.hash = Some("nope".into())), "hash"),
+    ] {
+        let err = set.apply(Limits::default()).unwrap_err().to_string();
+        assert!(err.contains(what), "{what}: {err}");
+    }
+}

@@ -33,8 +33,10 @@
 //! rise = 2                          # passes in a row to come back
 //! fall = 3                          # failures in a row to go out
 //!
-//! [listener.limits]                 # any of: max_errors, error_time, revive_time,
-//! revive_time = 30.0                # revive_jitter, max_consecutive_errors, slow_start, ...
+//! [listener.limits]                 # upstreams::LimitsConfig: max_errors, error_time,
+//! revive_time = 30.0                # revive_time, revive_jitter, max_consecutive_errors,
+//!                                   # slow_start, probe_jitter, latency_half_life,
+//!                                   # default_latency, ... (the Lua cfg table's names)
 //! ```
 
 use std::net::SocketAddr;
@@ -85,7 +87,7 @@ pub(crate) struct ListenerConfig {
     #[serde(default)]
     pub(crate) default_port: u16,
     #[serde(default)]
-    pub(crate) limits: LimitsConfig,
+    pub(crate) limits: upstreams::LimitsConfig,
     /// Active health checks (`[listener.health_check]`); none when absent.
     #[serde(default)]
     pub(crate) health_check: Option<upstreams_check::CheckConfig>,
@@ -141,23 +143,6 @@ fn default_connect_timeout() -> f64 {
 /// nginx's `proxy_timeout` default (10 minutes).
 pub(crate) fn default_idle_timeout() -> f64 {
     600.0
-}
-
-/// Limits a listener may override (seconds for times).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LimitsConfig {
-    pub(crate) max_errors: Option<u32>,
-    pub(crate) error_time: Option<f64>,
-    pub(crate) revive_time: Option<f64>,
-    pub(crate) revive_jitter: Option<f64>,
-    pub(crate) max_consecutive_errors: Option<u32>,
-    pub(crate) slow_start: Option<f64>,
-    pub(crate) dns_timeout: Option<f64>,
-    pub(crate) dns_retransmits: Option<u32>,
-    pub(crate) lazy_resolve_time: Option<f64>,
-    pub(crate) resolve_min_interval: Option<f64>,
-    pub(crate) probe_max_backoff: Option<f64>,
 }
 
 /// The longest duration any setting takes (a year): beyond it a deadline computed from "now"
@@ -255,42 +240,8 @@ impl ListenerConfig {
                     .with_context(|| what("hash"))?,
             );
         }
-        let l = &self.limits;
-        if let Some(v) = l.max_errors {
-            limits = limits.with_max_errors(v);
-        }
-        if let Some(v) = l.error_time {
-            limits = limits.with_error_time(secs(&what("limits.error_time"), v)?);
-        }
-        if let Some(v) = l.revive_time {
-            limits = limits.with_revive_time(secs(&what("limits.revive_time"), v)?);
-        }
-        if let Some(v) = l.revive_jitter {
-            limits = limits.with_revive_jitter(v);
-        }
-        if let Some(v) = l.max_consecutive_errors {
-            limits = limits.with_max_consecutive_errors(v);
-        }
-        if let Some(v) = l.slow_start {
-            limits = limits.with_slow_start(secs(&what("limits.slow_start"), v)?);
-        }
-        if let Some(v) = l.dns_timeout {
-            limits = limits.with_dns_timeout(secs(&what("limits.dns_timeout"), v)?);
-        }
-        if let Some(v) = l.dns_retransmits {
-            limits = limits.with_dns_retransmits(v);
-        }
-        if let Some(v) = l.lazy_resolve_time {
-            limits = limits.with_lazy_resolve_time(secs(&what("limits.lazy_resolve_time"), v)?);
-        }
-        if let Some(v) = l.resolve_min_interval {
-            limits =
-                limits.with_resolve_min_interval(secs(&what("limits.resolve_min_interval"), v)?);
-        }
-        if let Some(v) = l.probe_max_backoff {
-            limits = limits.with_probe_max_backoff(secs(&what("limits.probe_max_backoff"), v)?);
-        }
-        limits.validate().with_context(|| what("limits"))?;
+        // The core's one reading of limits: the same names as the Lua cfg table.
+        let limits = self.limits.apply(limits).with_context(|| what("limits"))?;
         Ok(Settings {
             listen: self.listen.clone(),
             definition,
@@ -335,5 +286,30 @@ impl Config {
         }
         secs("drain_timeout", self.drain_timeout)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    /// `[listener.limits]` reads the core's `LimitsConfig`: the names the Lua cfg table takes,
+    /// the ones the proxy used to lack included; an unknown one is refused.
+    #[test]
+    fn listener_limits_take_the_cores_names() {
+        let text = "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstreams = \"127.0.0.1:9\"\n\
+                    [listener.limits]\nprobe_jitter = 0.1\nlatency_half_life = 5\n\
+                    default_latency = 0.002\nhash = \"rspamd-jump\"\n";
+        let config: Config = toml::from_str(text).expect("parses");
+        let limits = config.listeners[0].settings().expect("valid").limits;
+        assert_eq!(limits.probe_jitter, 0.1);
+        assert_eq!(limits.latency_half_life, std::time::Duration::from_secs(5));
+        assert_eq!(limits.default_latency, std::time::Duration::from_millis(2));
+        assert_eq!(limits.hash_mode, upstreams::HashMode::RspamdJump);
+        let bad = text.replace("probe_jitter", "probe_jiter");
+        let err = toml::from_str::<Config>(&bad)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(err.contains("unknown field `probe_jiter`"), "{err}");
     }
 }

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-use config::{Config, LimitsConfig, ListenerConfig};
+use config::{Config, ListenerConfig};
 use forward::{Listener, Sessions};
 use net::{Acceptor, ListenAddr};
 
@@ -170,11 +170,12 @@ fn config_from_args(args: &Args, definition: String, listen: ListenAddr) -> Resu
             idle_timeout: args.idle_timeout,
             half_close: args.half_close,
             default_port: args.default_port,
-            limits: LimitsConfig {
-                revive_time: args.revive_time,
-                revive_jitter: args.revive_jitter,
-                max_consecutive_errors: args.max_consecutive_errors,
-                ..LimitsConfig::default()
+            limits: {
+                let mut limits = upstreams::LimitsConfig::default();
+                limits.revive_time = args.revive_time;
+                limits.revive_jitter = args.revive_jitter;
+                limits.max_consecutive_errors = args.max_consecutive_errors;
+                limits
             },
             health_check,
         }],
