@@ -2,13 +2,14 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use upstreams::{Definition, Host, Limits, UpstreamList};
 use upstreams_dns::Nameservers;
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// The upstream list definition, e.g. `round-robin:10.0.0.1:11333:5,redis.example:6379`.
+    /// The upstream list definition, e.g. `round-robin:10.0.0.1:11333:5,redis.example:6379`;
+    /// `-` reads it from standard input, `@FILE` from a file (one or more entries a line).
     definition: String,
     /// Port for entries that name none.
     #[arg(long, short = 'p', default_value_t = 11333)]
@@ -45,8 +46,29 @@ impl DnsArgs {
     }
 }
 
+/// A definition argument: the text itself, `-` for standard input or `@FILE` for a file
+/// (lines are joined as entries: a 10 000-entry list is beyond the argument limit).
+pub(crate) fn definition_text(arg: &str) -> Result<String> {
+    let text = if arg == "-" {
+        std::io::read_to_string(std::io::stdin().lock())
+            .context("reading the definition from standard input")?
+    } else if let Some(path) = arg.strip_prefix('@') {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading the definition from {path}"))?
+    } else {
+        return Ok(arg.to_owned());
+    };
+    let entries: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    Ok(entries.join(","))
+}
+
 pub(crate) fn run(args: &Args) -> Result<()> {
-    let def = Definition::parse(&args.definition, args.default_port)?;
+    let text = definition_text(&args.definition)?;
+    let def = Definition::parse(&text, args.default_port)?;
     let list = UpstreamList::new(&def, Limits::default())?;
     args.dns.resolve(&list)?;
     let mut out = std::io::stdout().lock();
@@ -56,6 +78,9 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     writeln!(out, "rotation: {rotation}")?;
     writeln!(out, "upstreams: {}", list.len())?;
     let srv_groups: Vec<usize> = list.srv_entries().iter().map(|(g, _)| *g).collect();
+    // A weight-0 entry of a weighted list is a backup: used only when every weighted one is
+    // out (SPEC.md item 18).
+    let weighted = list.upstreams().iter().any(|u| u.weight() > 0);
     let rows: Vec<[String; 7]> = list
         .upstreams()
         .iter()
@@ -74,7 +99,11 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                 (up.index() + 1).to_string(),
                 up.name().to_owned(),
                 up.port().to_string(),
-                up.weight().to_string(),
+                if weighted && up.weight() == 0 {
+                    "0 (backup)".to_owned()
+                } else {
+                    up.weight().to_string()
+                },
                 kind.to_owned(),
                 format!("{:?}", up.state()).to_lowercase(),
                 addrs.join(" "),

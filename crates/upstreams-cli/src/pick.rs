@@ -8,7 +8,7 @@ use upstreams::{HashMode, Limits, Rotation, UpstreamList};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// The upstream list definition.
+    /// The upstream list definition (`-`: standard input, `@FILE`: a file).
     definition: String,
     /// Keys to place (hash rotation); without keys, prints the next `--count` picks.
     keys: Vec<String>,
@@ -36,8 +36,12 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args) -> Result<()> {
+    if args.definition == "-" && args.keys_from.as_deref() == Some("-") {
+        bail!("the definition and the keys cannot both come from standard input");
+    }
+    let text = crate::check::definition_text(&args.definition)?;
     let limits = Limits::default().with_hash_mode(args.hash);
-    let list = UpstreamList::parse(&args.definition, args.default_port, limits)?;
+    let list = UpstreamList::parse(&text, args.default_port, limits)?;
     args.dns.resolve(&list)?;
     for name in &args.down {
         let up = list
@@ -45,20 +49,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             .with_context(|| format!("--down {name:?}: no upstream of that name"))?;
         up.mark_offline(Duration::from_secs(3600));
     }
-    let mut keys = args.keys.clone();
-    if let Some(path) = &args.keys_from {
-        let reader: Box<dyn BufRead> = if path == "-" {
-            Box::new(std::io::stdin().lock())
-        } else {
-            Box::new(std::io::BufReader::new(
-                std::fs::File::open(path).with_context(|| format!("reading keys from {path}"))?,
-            ))
-        };
-        for line in reader.lines() {
-            keys.push(line?);
-        }
-    }
-    let keyed = !keys.is_empty();
+    let keyed = !args.keys.is_empty() || args.keys_from.is_some();
     let rotation = args.rotation.unwrap_or(if keyed {
         Rotation::Hashed
     } else {
@@ -66,11 +57,33 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     });
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     use std::io::Write as _;
+    let place = |key: &[u8], out: &mut dyn std::io::Write| -> Result<()> {
+        match list.get(rotation, key) {
+            Some(p) => writeln!(out, "{}", p.name())?,
+            None => bail!("no upstream is selectable"),
+        }
+        Ok(())
+    };
     if keyed {
-        for key in &keys {
-            match list.get(rotation, key.as_bytes()) {
-                Some(p) => writeln!(out, "{}", p.name())?,
-                None => bail!("no upstream is selectable"),
+        for key in &args.keys {
+            place(key.as_bytes(), &mut out)?;
+        }
+        if let Some(path) = &args.keys_from {
+            // Streamed, as bytes: a key need not be UTF-8, and 10^7 keys are not held at once.
+            let reader: Box<dyn BufRead> = if path == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(path)
+                        .with_context(|| format!("reading keys from {path}"))?,
+                ))
+            };
+            for line in reader.split(b'\n') {
+                let mut key = line?;
+                if key.last() == Some(&b'\r') {
+                    key.pop();
+                }
+                place(&key, &mut out)?;
             }
         }
     } else {
@@ -80,7 +93,12 @@ pub(crate) fn run(args: &Args) -> Result<()> {
                     writeln!(out, "{}", p.name())?;
                     p.ok();
                 }
-                None => writeln!(out, "(none)")?,
+                // Sequential answers nothing after running off the end, then starts over.
+                None if list.alive_count() > 0 => writeln!(out, "(none)")?,
+                None => {
+                    out.flush()?;
+                    bail!("no upstream is selectable");
+                }
             }
         }
     }

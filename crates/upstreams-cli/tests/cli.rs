@@ -295,3 +295,64 @@ fn pick_reproduces_the_rspamd3_jump_vectors() {
     }
     assert!(checked >= 5987, "{checked} rows");
 }
+
+fn upstreams_with_stdin(args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_upstreams"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Definitions from standard input or a file (a 10 000-entry list is beyond the argument
+/// limit); weight-0 entries of a weighted list shown as backups.
+#[test]
+fn definitions_from_stdin_and_files() {
+    let entries: Vec<String> = (0..10_000)
+        .map(|i| format!("10.{}.{}.1:80", i / 250, i % 250))
+        .collect();
+    let (code, out, err) = upstreams_with_stdin(&["check", "-"], entries.join("\n").as_bytes());
+    assert_eq!(code, 0, "{err}");
+    assert!(String::from_utf8(out).unwrap().contains("upstreams: 10000"));
+    let path = std::env::temp_dir().join(format!("upstreams-def-{}", std::process::id()));
+    std::fs::write(&path, "round-robin:10.0.0.1:80:3\n10.0.0.2:80\n").unwrap();
+    let (code, out, _) = upstreams(&["check", &format!("@{}", path.display())]);
+    assert_eq!(code, 0);
+    assert!(out.contains("0 (backup)"), "{out}");
+    let (code, out, _) = upstreams(&["pick", &format!("@{}", path.display()), "-n", "4"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "10.0.0.1:80\n10.0.0.1:80\n10.0.0.1:80\n10.0.0.1:80\n")
+    );
+    let _ = std::fs::remove_file(&path);
+    let (code, _, err) = upstreams_with_stdin(&["pick", "-", "--keys", "-"], b"");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cannot both come from standard input"),
+        "{err}"
+    );
+}
+
+/// `pick --keys -` streams keys as bytes (an invalid UTF-8 key is a key like any other) and
+/// exits non-zero when nothing can be picked.
+#[test]
+fn pick_streams_byte_keys_and_fails_when_nothing_is_selectable() {
+    let (code, out, err) = upstreams_with_stdin(
+        &["pick", "127.0.0.1,127.0.0.2,127.0.0.3", "--keys", "-"],
+        b"a\n\xff\xfe\nb\r\n",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(String::from_utf8(out).unwrap().lines().count(), 3);
+    let (code, _, err) = upstreams(&["pick", "127.0.0.1", "--down", "127.0.0.1", "-n", "2"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no upstream is selectable"), "{err}");
+}

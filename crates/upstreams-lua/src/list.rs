@@ -41,22 +41,13 @@ pub(crate) fn callbacks(list: &AnyUserData) -> Result<Option<Table>> {
     list.user_value::<Option<Table>>()
 }
 
-fn bit(event: Event) -> u8 {
-    match event {
-        Event::Success => 1,
-        Event::Failure => 2,
-        Event::Online => 4,
-        _ => 8,
-    }
-}
-
 impl Core {
     pub(crate) fn new(list: UpstreamList) -> Rc<Self> {
         let queue: Arc<Mutex<VecDeque<Queued>>> = Arc::default();
         let wanted = Arc::new(AtomicU8::new(0));
         let (q, w) = (Arc::clone(&queue), Arc::clone(&wanted));
         list.add_watcher(Events::ALL, move |event, up, errors| {
-            if w.load(Ordering::Relaxed) & bit(event) == 0 {
+            if w.load(Ordering::Relaxed) & event.bit() == 0 {
                 return;
             }
             if let Some(handle) = up.handle() {
@@ -107,7 +98,7 @@ impl Core {
             for i in 1..=registered {
                 let pair: Table = table.raw_get(i)?;
                 let mask: u8 = pair.raw_get(1)?;
-                if mask & bit(event) == 0 {
+                if mask & event.bit() == 0 {
                     continue;
                 }
                 let callback: Function = pair.raw_get(2)?;
@@ -300,10 +291,7 @@ impl UserData for LuaList {
                         crate::cfg::lua_type(&callback)
                     )));
                 };
-                let mask = Event::ALL
-                    .into_iter()
-                    .filter(|e| events.contains(*e))
-                    .fold(0, |m, e| m | bit(e));
+                let mask = events.bits();
                 let table = match callbacks(&ud)? {
                     Some(t) => t,
                     None => {
@@ -363,11 +351,7 @@ use mlua::IntoLuaMulti as _;
 /// has addresses at once. Runs on its own thread: the host may already be inside a tokio
 /// runtime, where another one cannot be started. A failure leaves names pending (logged).
 fn resolve_now(list: &UpstreamList, servers: &upstreams_dns::Nameservers) {
-    let needs = list
-        .upstreams()
-        .iter()
-        .any(|u| u.entry().host().needs_resolution());
-    if !needs {
+    if !list.needs_resolution() {
         return;
     }
     std::thread::scope(|scope| {

@@ -44,7 +44,9 @@ impl Event {
         }
     }
 
-    const fn bit(self) -> u8 {
+    /// The event's bit in an [`Events`] mask (`Events::bits`): 1, 2, 4, 8 in the order of
+    /// [`Event::ALL`]. Shells that keep a mask of their own use it rather than a copy.
+    pub const fn bit(self) -> u8 {
         match self {
             Self::Success => 1,
             Self::Failure => 2,
@@ -80,6 +82,11 @@ impl Events {
     pub const NONE: Events = Events(0);
     /// Every event.
     pub const ALL: Events = Events(15);
+
+    /// The mask as bits ([`Event::bit`] of each event it holds).
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
 
     /// Whether `event` is in the set.
     pub fn contains(self, event: Event) -> bool {

@@ -40,6 +40,23 @@ pub enum State {
     Draining,
 }
 
+impl State {
+    /// The state's name as pages, metrics and logs print it: `alive`, `offline`, `probing`,
+    /// `pending` or `draining`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Offline { .. } => "offline",
+            Self::Probing => "probing",
+            Self::Pending => "pending",
+            Self::Draining => "draining",
+        }
+    }
+
+    /// Every state's name, in the order of [`State::name`]'s list.
+    pub const NAMES: [&'static str; 5] = ["alive", "offline", "probing", "pending", "draining"];
+}
+
 const TAG_BITS: u32 = 3;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
 pub(crate) const ALIVE: u64 = 0;

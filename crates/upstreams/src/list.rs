@@ -321,6 +321,14 @@ impl UpstreamList {
         Ok(kept)
     }
 
+    /// Whether some entry names a host or an SRV record: the list needs a resolver
+    /// (`upstreams-dns`) before those members can be picked.
+    pub fn needs_resolution(&self) -> bool {
+        self.definition_entries()
+            .iter()
+            .any(|e| e.host().needs_resolution())
+    }
+
     /// Number of configured upstreams.
     pub fn len(&self) -> usize {
         self.members.load().upstreams.len()

@@ -175,6 +175,11 @@ impl Definition {
         }
     }
 
+    /// Whether some entry names a host or an SRV record (a resolver must look it up).
+    pub fn needs_resolution(&self) -> bool {
+        self.entries.iter().any(|e| e.host().needs_resolution())
+    }
+
     /// The rotation named by the prefix, if any.
     pub fn rotation(&self) -> Option<Rotation> {
         self.rotation

@@ -25,16 +25,6 @@ pub(crate) fn router(proxy: Arc<Proxy>) -> Router {
         .with_state(proxy)
 }
 
-fn state_name(state: upstreams::State) -> &'static str {
-    match state {
-        upstreams::State::Alive => "alive",
-        upstreams::State::Offline { .. } => "offline",
-        upstreams::State::Probing => "probing",
-        upstreams::State::Pending => "pending",
-        _ => "draining",
-    }
-}
-
 /// Everything the pages show, as JSON (the HTML page renders the same data).
 pub(crate) fn snapshot(proxy: &Proxy) -> Value {
     let listeners: Vec<Value> = proxy
@@ -68,7 +58,7 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
                     });
                     json!({
                         "name": up.name(),
-                        "state": state_name(up.state()),
+                        "state": up.state().name(),
                         "weight": up.weight(),
                         "errors": up.errors(),
                         "inflight": up.inflight(),
@@ -238,8 +228,8 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
     let states: Vec<String> = rows
         .iter()
         .flat_map(|(labels, up, _)| {
-            let now = state_name(up.state());
-            ["alive", "offline", "probing", "pending", "draining"].map(|st| {
+            let now = up.state().name();
+            upstreams::State::NAMES.map(|st| {
                 format!(
                     "upstreams_upstream_state{{{labels},state=\"{st}\"}} {}",
                     u8::from(st == now)

@@ -505,7 +505,8 @@ fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &[u8] {
 /// EMFILE / ENFILE / ENOBUFS / ENOMEM: this process or host ran out of something, the
 /// backend did nothing wrong.
 fn is_local_exhaustion(err: &std::io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(23 | 24 | 105 | 12))
+    err.raw_os_error()
+        .is_some_and(|e| [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM].contains(&e))
 }
 
 /// `from + d`, or `from` plus a year when that would overflow the clock (settings are

@@ -365,14 +365,11 @@ async fn prepare(
     }
     // A refresher runs when some list names hosts; it is rebuilt when the `dns` setting
     // changes or when names first appear.
-    let names = new.listeners.iter().any(|l| {
-        l.settings().is_ok_and(|s| {
-            s.definition
-                .entries()
-                .iter()
-                .any(|e| e.host().needs_resolution())
-        })
-    });
+    let names = plan
+        .reconfigure
+        .iter()
+        .any(|(_, s)| s.definition.needs_resolution())
+        || plan.start.iter().any(|(l, _)| l.list.needs_resolution());
     let wanted = names.then(|| new.dns.clone().unwrap_or_else(|| "system".to_owned()));
     let now = running.dns.as_ref().map(|(dns, _)| dns.clone());
     if wanted != now {
