@@ -10,7 +10,7 @@ mod simulate;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Client-side load balancing over rspamd-style upstream lists.
 #[derive(Parser, Debug)]
@@ -30,6 +30,13 @@ enum Command {
     Simulate(simulate::Args),
     /// Load-balance TCP over a list: retries, health, metrics, status page, reload on SIGHUP.
     Proxy(Box<proxy::Args>),
+    /// Shell completions: `upstreams completions bash > /etc/bash_completion.d/upstreams`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff): `upstreams man > upstreams.1`.
+    Man,
     /// A tiny HTTP backend for tests and benchmarks.
     #[command(hide = true)]
     Backend(backend::Args),
@@ -43,6 +50,18 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(&args),
         Command::Proxy(args) => proxy::run(&args),
         Command::Backend(args) => backend::run(&args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "upstreams",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

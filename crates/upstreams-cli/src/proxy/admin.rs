@@ -22,7 +22,33 @@ pub(crate) fn router(proxy: Arc<Proxy>) -> Router {
         .route("/status", get(status_html))
         .route("/status.json", get(status_json))
         .route("/", get(status_html))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(proxy)
+}
+
+/// The process is up.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready: every listener serves and has at least one selectable upstream (503 otherwise,
+/// naming the listeners that have none).
+async fn readyz(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
+    let empty: Vec<String> = proxy
+        .listeners()
+        .iter()
+        .filter(|l| l.list.alive_count() == 0)
+        .map(|l| l.bound.to_string())
+        .collect();
+    if empty.is_empty() {
+        (axum::http::StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("no selectable upstream: {}\n", empty.join(" ")),
+        )
+    }
 }
 
 /// Everything the pages show, as JSON (the HTML page renders the same data).

@@ -32,6 +32,10 @@ pub(crate) struct Args {
     /// A TOML file describing several listeners (reloaded on SIGHUP).
     #[arg(long, conflicts_with_all = ["definition", "demo"])]
     config: Option<PathBuf>,
+    /// Check a configuration file and exit (nginx -t): parse and validate everything, print
+    /// what would run, exit 0; or exit 2 naming the file, the line or setting, and the reason.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["definition", "demo", "config"])]
+    check_config: Option<PathBuf>,
     /// Start three built-in backends and a listener on them: see it work with one command.
     #[arg(long, conflicts_with_all = ["definition", "config"])]
     demo: bool,
@@ -182,7 +186,34 @@ fn config_from_args(args: &Args, definition: String, listen: ListenAddr) -> Resu
     })
 }
 
+/// `--check-config FILE`: everything `--config` would check, without binding or serving.
+fn check_config(path: &std::path::Path) -> Result<()> {
+    let config = Config::load(path)?;
+    println!("{}: ok", path.display());
+    if let Some(admin) = config.admin {
+        println!("admin {admin}");
+    }
+    for l in &config.listeners {
+        let s = l.settings()?;
+        let checks = s.health_check.as_ref().map_or_else(
+            || "no health checks".to_owned(),
+            |c| format!("health checks every {:?}", c.interval),
+        );
+        println!(
+            "listener {} -> {} ({} upstreams; retries {}; {checks})",
+            s.listen,
+            s.definition,
+            s.definition.entries().len(),
+            s.retries
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: &Args) -> Result<()> {
+    if let Some(path) = &args.check_config {
+        return check_config(path);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -202,6 +233,12 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
+    // Every client and backend connection takes a descriptor: raise the soft limit to the
+    // hard one (systemd's soft default of 1 024 serves about 500 clients).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(limit = n, "open files limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open files limit"),
+    }
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(serve(args))
 }
@@ -239,11 +276,14 @@ async fn serve(args: &Args) -> Result<()> {
     let mut running = Running::default();
     let plan = prepare(&proxy, &running, None, &config).await?;
     apply(&proxy, &mut running, plan);
+    // systemd (Type=notify): bound and serving. Without NOTIFY_SOCKET this does nothing.
+    notify(&[sd_notify::NotifyState::Ready]);
 
     loop {
         tokio::select! {
             _ = hup.recv() => match &args.config {
                 Some(path) => {
+                    notify(&[sd_notify::NotifyState::Reloading]);
                     let loaded = Config::load(path);
                     let prepared = match loaded {
                         Ok(new) => prepare(&proxy, &running, Some(&config), &new)
@@ -262,6 +302,7 @@ async fn serve(args: &Args) -> Result<()> {
                             "reload refused; nothing changed, the running configuration stays"
                         ),
                     }
+                    notify(&[sd_notify::NotifyState::Ready]);
                 }
                 None => tracing::info!("SIGHUP: nothing to reload without --config"),
             },
@@ -273,6 +314,7 @@ async fn serve(args: &Args) -> Result<()> {
         open = proxy.sessions.open(),
         "shutting down: no new clients, draining"
     );
+    notify(&[sd_notify::NotifyState::Stopping]);
     for l in proxy.listeners() {
         l.stop();
     }
@@ -287,6 +329,13 @@ async fn serve(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`) what the proxy is doing.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(false, state) {
+        tracing::warn!(%err, "cannot notify systemd");
+    }
 }
 
 /// The admin listener and the DNS refresher in service, replaced when a reload changes them.
