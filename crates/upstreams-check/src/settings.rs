@@ -173,11 +173,11 @@ pub struct CheckConfig {
     /// `http`: accepted statuses (`2xx,3xx` by default).
     #[serde(default)]
     pub status: Option<String>,
-    /// Seconds between checks of one upstream.
-    #[serde(default)]
+    /// Seconds between checks of one upstream (or `"500ms"`, `"2s"`…).
+    #[serde(default, deserialize_with = "upstreams::seconds::optional")]
     pub interval: Option<f64>,
-    /// Seconds a check may take.
-    #[serde(default)]
+    /// Seconds a check may take (or `"500ms"`…).
+    #[serde(default, deserialize_with = "upstreams::seconds::optional")]
     pub timeout: Option<f64>,
     /// Successes in a row to come back.
     #[serde(default)]

@@ -139,3 +139,43 @@ fn completions_manual_and_help_list_every_command() {
         assert!(out.contains(command), "--help lacks {command}: {out}");
     }
 }
+
+/// Durations take units (`500ms`, `10s`, `5m`) in the file and on the command line.
+#[test]
+fn durations_take_units() {
+    let dir = std::env::temp_dir().join(format!("upstreams-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("units.toml");
+    std::fs::write(
+        &file,
+        "drain_timeout = \"30s\"\n[[listener]]\nlisten = \"127.0.0.1:1\"\nupstreams = \"127.0.0.1:9\"\n\
+         idle_timeout = \"5m\"\nconnect_timeout = \"250ms\"\n\
+         [listener.limits]\nrevive_time = \"1m 30s\"\nerror_time = 10\n\
+         [listener.health_check]\ntype = \"tcp\"\ninterval = \"500ms\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["proxy", "--check-config", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("health checks every 500ms"), "{out}");
+    std::fs::write(&file, "[[listener]]\nlisten = \"127.0.0.1:1\"\nupstreams = \"127.0.0.1:9\"\nidle_timeout = \"5 parsecs\"\n").unwrap();
+    let (code, _, err) = run(&["proxy", "--check-config", file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("is not a duration") && err.contains("line 4"),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "proxy",
+        "127.0.0.1:9",
+        "--listen",
+        "127.0.0.1:0",
+        "--idle-timeout",
+        "5x",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--idle-timeout") && err.contains("is not a duration"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

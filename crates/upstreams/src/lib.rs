@@ -56,7 +56,7 @@ pub mod upstream;
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use event::{Event, Events};
 pub use health::State;
-pub use limits::{HashMode, Limits, LimitsConfig, MAX_CONFIG_SECONDS};
+pub use limits::{parse_seconds, seconds, HashMode, Limits, LimitsConfig, MAX_CONFIG_SECONDS};
 pub use list::{Picked, Snapshot, UpstreamList};
 pub use member::{MembershipChange, SrvTarget};
 pub use parse::{Definition, Entry, Host, ParseError, ParseErrorKind};

@@ -178,6 +178,51 @@ impl Limits {
     }
 }
 
+/// A duration as configuration writes it: a number of seconds (`2.5`) or a duration with
+/// units (`"500ms"`, `"10s"`, `"5m"`, `"1h 30m"`). Returns seconds.
+pub fn parse_seconds(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    if let Ok(v) = text.parse::<f64>() {
+        return Ok(v);
+    }
+    humantime::parse_duration(text)
+        .map(|d| d.as_secs_f64())
+        .map_err(|e| format!("{text:?} is not a duration ({e}; write seconds, or 500ms, 10s, 5m)"))
+}
+
+/// Serde helpers for durations in seconds that also take [`parse_seconds`]'s strings: use
+/// with `#[serde(deserialize_with = "upstreams::seconds::required")]` (or `optional`).
+pub mod seconds {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Number(f64),
+        Text(String),
+    }
+
+    fn read(w: Written) -> Result<f64, String> {
+        match w {
+            Written::Number(v) => Ok(v),
+            Written::Text(t) => super::parse_seconds(&t),
+        }
+    }
+
+    /// A duration that must be written.
+    pub fn required<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        read(Written::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+
+    /// A duration that may be left out (use with `#[serde(default)]`).
+    pub fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        match Option::<Written>::deserialize(d)? {
+            None => Ok(None),
+            Some(w) => read(w).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// The longest duration a setting read by [`LimitsConfig`] takes (a year): deadlines computed
 /// from "now" stay far from the clock's end.
 pub const MAX_CONFIG_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
@@ -193,28 +238,37 @@ pub struct LimitsConfig {
     /// [`Limits::max_errors`].
     pub max_errors: Option<u32>,
     /// [`Limits::error_time`], seconds.
+    #[serde(default, deserialize_with = "seconds::optional")]
     pub error_time: Option<f64>,
     /// [`Limits::revive_time`], seconds.
+    #[serde(default, deserialize_with = "seconds::optional")]
     pub revive_time: Option<f64>,
     /// [`Limits::revive_jitter`], 0..=1.
     pub revive_jitter: Option<f64>,
     /// [`Limits::dns_timeout`], seconds.
+    #[serde(default, deserialize_with = "seconds::optional")]
     pub dns_timeout: Option<f64>,
     /// [`Limits::dns_retransmits`].
     pub dns_retransmits: Option<u32>,
     /// [`Limits::lazy_resolve_time`], seconds.
+    #[serde(default, deserialize_with = "seconds::optional")]
     pub lazy_resolve_time: Option<f64>,
     /// [`Limits::resolve_min_interval`], seconds.
+    #[serde(default, deserialize_with = "seconds::optional")]
     pub resolve_min_interval: Option<f64>,
     /// [`Limits::probe_max_backoff`], seconds.
+    #[serde(default, deserialize_with = "seconds::optional")]
     pub probe_max_backoff: Option<f64>,
     /// [`Limits::probe_jitter`], 0..=1.
     pub probe_jitter: Option<f64>,
     /// [`Limits::slow_start`], seconds.
+    #[serde(default, deserialize_with = "seconds::optional")]
     pub slow_start: Option<f64>,
     /// [`Limits::latency_half_life`], seconds.
+    #[serde(default, deserialize_with = "seconds::optional")]
     pub latency_half_life: Option<f64>,
     /// [`Limits::default_latency`], seconds.
+    #[serde(default, deserialize_with = "seconds::optional")]
     pub default_latency: Option<f64>,
     /// [`Limits::max_consecutive_errors`].
     pub max_consecutive_errors: Option<u32>,

@@ -14,7 +14,7 @@
 //! retry_on = ["connect"]            # when a retry may happen; adding "closed-before-answer"
 //!                                   # or "answer-timeout" replays the client's bytes to
 //!                                   # another backend: it DUPLICATES non-idempotent requests
-//! connect_timeout = 1.0             # seconds
+//! connect_timeout = 1.0             # seconds (every duration also takes "500ms", "10s", "5m")
 //! answer_timeout = 0.0              # seconds a backend may take to answer the client's
 //!                                   # latest bytes before it counts as failed (the client
 //!                                   # is closed, or replayed with "answer-timeout"); 0 = wait
@@ -54,7 +54,10 @@ use upstreams::{Definition, HashMode, Host, Limits, Rotation};
 pub(crate) struct Config {
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) dns: Option<String>,
-    #[serde(default = "default_drain")]
+    #[serde(
+        default = "default_drain",
+        deserialize_with = "upstreams::seconds::required"
+    )]
     pub(crate) drain_timeout: f64,
     #[serde(rename = "listener", default)]
     pub(crate) listeners: Vec<ListenerConfig>,
@@ -76,11 +79,17 @@ pub(crate) struct ListenerConfig {
     pub(crate) retries: u32,
     #[serde(default = "default_retry_on")]
     pub(crate) retry_on: Vec<RetryOn>,
-    #[serde(default = "default_connect_timeout")]
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "upstreams::seconds::required"
+    )]
     pub(crate) connect_timeout: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "upstreams::seconds::required")]
     pub(crate) answer_timeout: f64,
-    #[serde(default = "default_idle_timeout")]
+    #[serde(
+        default = "default_idle_timeout",
+        deserialize_with = "upstreams::seconds::required"
+    )]
     pub(crate) idle_timeout: f64,
     #[serde(default)]
     pub(crate) half_close: bool,

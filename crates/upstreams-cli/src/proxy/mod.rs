@@ -58,14 +58,14 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 0)]
     default_port: u16,
     /// Connect timeout in seconds.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = upstreams::parse_seconds)]
     connect_timeout: f64,
     /// Seconds a backend may take to answer the client's latest bytes; past that it counts
     /// as failed and the session is retried elsewhere with its bytes replayed (0: wait).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = upstreams::parse_seconds)]
     answer_timeout: f64,
     /// Seconds without a byte in either direction after which a session is closed.
-    #[arg(long, default_value_t = config::default_idle_timeout())]
+    #[arg(long, default_value_t = config::default_idle_timeout(), value_parser = upstreams::parse_seconds)]
     idle_timeout: f64,
     /// Pass a backend's end of stream (FIN) to the client and keep the session until the
     /// client ends too. Without it a backend's end closes the session once its bytes reached
@@ -77,10 +77,10 @@ pub(crate) struct Args {
     #[arg(long)]
     health_check: Option<String>,
     /// Seconds between checks of one upstream (default 2).
-    #[arg(long, requires = "health_check")]
+    #[arg(long, requires = "health_check", value_parser = upstreams::parse_seconds)]
     check_interval: Option<f64>,
     /// Seconds a check may take (default 1).
-    #[arg(long, requires = "health_check")]
+    #[arg(long, requires = "health_check", value_parser = upstreams::parse_seconds)]
     check_timeout: Option<f64>,
     /// Passing checks in a row that bring an upstream back (default 2).
     #[arg(long, requires = "health_check")]
@@ -89,7 +89,7 @@ pub(crate) struct Args {
     #[arg(long, requires = "health_check")]
     check_fall: Option<u32>,
     /// Seconds an offline upstream stays out.
-    #[arg(long)]
+    #[arg(long, value_parser = upstreams::parse_seconds)]
     revive_time: Option<f64>,
     /// Revive jitter (0..=1).
     #[arg(long)]
@@ -104,7 +104,7 @@ pub(crate) struct Args {
     #[arg(long)]
     dns: Option<String>,
     /// Seconds to let open sessions finish on SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = upstreams::parse_seconds)]
     drain_timeout: f64,
     /// Worker threads (default: one per core).
     #[arg(long)]
