@@ -179,3 +179,62 @@ fn durations_take_units() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One access-log line per session, JSON here, with the retry visible; SIGUSR1 reopens the
+/// file after a rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_and_reopen() {
+    let dir = std::env::temp_dir().join(format!("upstreams-access-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let a = backend("a", "127.0.0.1:0");
+    let dead = free_port();
+    let p = proxy(
+        &format!("master-slave:{dead}:2,{}:1", a.addrs[0]),
+        &[
+            "--access-log",
+            log.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+    );
+    let listen = p.addrs[0];
+    for _ in 0..2 {
+        assert_eq!(request(listen).await.as_deref(), Ok("a"));
+    }
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_until("two lines", Duration::from_secs(5), async || {
+        lines().len() == 2
+    })
+    .await;
+    for line in lines() {
+        assert_eq!(line["listener"], listen.to_string(), "{line}");
+        assert!(
+            line["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{line}"
+        );
+        assert_eq!(line["upstream"], a.addrs[0].to_string(), "{line}");
+        assert_eq!(line["tries"], 2, "{line}");
+        assert_eq!(line["outcome"], "retried", "{line}");
+        // The request: GET / HTTP/1.1, Host and Connection headers, 46 bytes.
+        assert_eq!(line["bytes_to_upstream"], 46, "{line}");
+        assert!(line["bytes_to_client"].as_u64().unwrap() > 40, "{line}");
+        assert!(line["time"].as_str().unwrap().ends_with('Z'), "{line}");
+    }
+    // logrotate: move the file away, SIGUSR1, the next line goes to a new file.
+    std::fs::rename(&log, dir.join("access.log.1")).unwrap();
+    p.signal("-USR1");
+    wait_until("the reopened log", Duration::from_secs(5), async || {
+        let _ = request(listen).await;
+        !lines().is_empty()
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

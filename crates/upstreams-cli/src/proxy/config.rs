@@ -2,6 +2,8 @@
 //!
 //! ```toml
 //! admin = "127.0.0.1:9100"          # optional admin listener (/metrics, /status, /status.json)
+//! access_log = "/var/log/upstreams/access.log"   # or "-" (stderr); SIGUSR1 reopens it
+//! log_format = "text"               # or "json"
 //! dns = "system"                    # or "127.0.0.1:5353"; used when a list names hosts
 //! drain_timeout = 10.0              # seconds to let sessions finish on shutdown
 //!
@@ -52,6 +54,12 @@ use upstreams::{Definition, HashMode, Host, Limits, Rotation};
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Config {
+    /// Access log: a file path, or `-` for standard error.
+    #[serde(default)]
+    pub(crate) access_log: Option<String>,
+    /// `text` (logfmt) or `json`.
+    #[serde(default)]
+    pub(crate) log_format: Option<super::access::Format>,
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) dns: Option<String>,
     #[serde(

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use upstreams::{Event, Events, FailKind, Host, Upstream, UpstreamList};
 use upstreams_check::Checker;
 
+use super::access::Tally;
 use super::config::Settings;
 use super::net::{self, Acceptor, Backend, Client, ListenAddr, Target};
 use super::stats::{Stats, UpStats};
@@ -221,7 +222,12 @@ impl Listener {
                     let guard = SessionGuard(Arc::clone(&sessions));
                     let me = Arc::clone(&self);
                     tokio::spawn(async move {
-                        me.forward(client, peer).await;
+                        let started = Instant::now();
+                        let tally = me.forward(client, peer).await;
+                        if let Some(log) = super::access::LOG.get() {
+                            let client = PeerName(peer).to_string();
+                            log.session(&me.bound.to_string(), &client, &tally, started.elapsed());
+                        }
                         drop(guard);
                     });
                 }
@@ -234,7 +240,8 @@ impl Listener {
     /// when nothing of the client reached the backend (the connect failed, or the backend
     /// closed first); with `retry_on` opted in, also when the backend closes or stays silent
     /// after reading the client's bytes, which are then replayed. Then copy both ways.
-    async fn forward(&self, mut client: Client, peer: Option<SocketAddr>) {
+    async fn forward(&self, mut client: Client, peer: Option<SocketAddr>) -> Tally {
+        let mut tally = Tally::default();
         let settings = self.settings();
         // nginx's `hash $remote_addr consistent`: the address as text, formatted on the stack,
         // and only for the one rotation that reads a key.
@@ -274,6 +281,8 @@ impl Listener {
                 }
             };
             let Some(picked) = picked else { break };
+            tally.tries += 1;
+            tally.upstream = Some(Arc::clone(picked.upstream()));
             let figures = self.stats.upstream(picked.name());
             figures.picks.fetch_add(1, Ordering::Relaxed);
             // A failure before any byte of the client reached this backend: retried when
@@ -300,7 +309,9 @@ impl Listener {
                     // before some session ends.
                     tracing::warn!(%peer, %err, "cannot open a backend connection");
                     picked.release();
-                    break;
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    tally.outcome = "no-descriptors";
+                    return tally;
                 }
                 Ok(Err(err)) => {
                     figures.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -339,7 +350,7 @@ impl Listener {
             // an opted-in `retry_on` may move the session (its bytes would be replayed).
             let reached = !sent.is_empty();
             let (reason, may_retry) = match first {
-                First::Answered(wait) => {
+                First::Answered(wait, first) => {
                     // p2c's latency: connect plus the wait for the first answer byte after the
                     // client's latest bytes (not the time a client took to speak).
                     picked.record_latency((connect_time + wait).as_secs_f64());
@@ -350,26 +361,44 @@ impl Listener {
                     if !picked.upstream().is_alive() {
                         picked.upstream().ok();
                     }
-                    self.relay_session(
-                        &mut client,
-                        &mut backend,
-                        [sent, answer],
-                        client_done,
-                        &settings,
-                        picked,
-                        &figures,
-                        peer,
-                    )
-                    .await;
-                    return;
+                    tally.to_client = first;
+                    tally.to_upstream = sent.len() as u64;
+                    let retried = tally.tries > 1;
+                    let (end, up, down) = self
+                        .relay_session(
+                            &mut client,
+                            &mut backend,
+                            [sent, answer],
+                            client_done,
+                            &settings,
+                            picked,
+                            &figures,
+                            peer,
+                        )
+                        .await;
+                    tally.to_upstream += up;
+                    tally.to_client += down;
+                    tally.outcome = match end {
+                        End::Done | End::ClientFailed if retried => "retried",
+                        End::Done | End::ClientFailed => "ok",
+                        End::Idle => "idle",
+                        End::BackendFailed => "reset",
+                    };
+                    return tally;
                 }
-                First::ClientGone => return,
+                First::ClientGone => {
+                    tally.to_upstream = sent.len() as u64;
+                    tally.outcome = "client-gone";
+                    return tally;
+                }
                 First::Idle => {
                     // Nobody said anything for `idle_timeout`: not the backend's fault.
                     self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, upstream = picked.name(), "idle before any answer; closing");
                     picked.release();
-                    return;
+                    tally.to_upstream = sent.len() as u64;
+                    tally.outcome = "idle";
+                    return tally;
                 }
                 First::BackendClosed => (
                     "closed before answering",
@@ -395,11 +424,19 @@ impl Listener {
                 // one could do it twice. The client is closed; `retry_on` opts in.
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, reason, "backend failed after the client's bytes reached it; closing (not retried)");
-                return;
+                tally.to_upstream = sent.len() as u64;
+                tally.outcome = if matches!(first, First::NoAnswer) {
+                    "timeout"
+                } else {
+                    "failed"
+                };
+                return tally;
             }
         }
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, "no upstream could take the client; closing");
+        tally.outcome = "refused";
+        tally
     }
 }
 
@@ -418,9 +455,9 @@ impl Listener {
         picked: upstreams::Picked,
         figures: &UpStats,
         peer: PeerName,
-    ) {
+    ) -> (End, u64, u64) {
         figures.active.fetch_add(1, Ordering::Relaxed);
-        let end = relay(
+        let (end, up, down) = relay(
             client,
             backend,
             buffers,
@@ -447,6 +484,7 @@ impl Listener {
                 picked.fail(FailKind::Other, "reset after answering");
             }
         }
+        (end, up, down)
     }
 
     /// Any upstream but `prev`, preferring one not in `tried`: `get_except` excludes one
@@ -524,9 +562,10 @@ const REPLAY_LIMIT: usize = 64 * 1024;
 const READ_SIZE: usize = 16 * 1024;
 
 enum First {
-    /// The backend answered (its first bytes went to the client) this long after the client's
-    /// latest bytes, or after the connect when the client had said nothing.
-    Answered(Duration),
+    /// The backend answered (its first bytes, the second figure, went to the client) this
+    /// long after the client's latest bytes, or after the connect when the client had said
+    /// nothing.
+    Answered(Duration, u64),
     /// The backend closed (or reset) before sending a byte: try another one.
     BackendClosed,
     /// The backend let `answer_timeout` pass after the client's latest bytes: try another.
@@ -585,7 +624,7 @@ where
     loop {
         if sent.len() >= REPLAY_LIMIT {
             // Too much to keep for a replay: commit to this backend.
-            return First::Answered(answer_from.unwrap_or(start).elapsed());
+            return First::Answered(answer_from.unwrap_or(start).elapsed(), 0);
         }
         let idle_at = later(idle_from, timers.idle);
         let answer_at = timers
@@ -615,7 +654,7 @@ where
                     let waited = answer_from.unwrap_or(start).elapsed();
                     figures.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     return match client.write_all(&answer[..n]).await {
-                        Ok(()) => First::Answered(waited),
+                        Ok(()) => First::Answered(waited, n as u64),
                         Err(_) => First::ClientGone,
                     };
                 }
@@ -678,7 +717,7 @@ async fn relay<C, B>(
     idle: Duration,
     half_close: bool,
     figures: &UpStats,
-) -> End
+) -> (End, u64, u64)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -729,18 +768,19 @@ where
         }
     });
     tokio::pin!(copy);
-    loop {
+    let end = loop {
         let quiet_since = epoch + Duration::from_micros(last.load(Ordering::Relaxed));
         tokio::select! {
-            end = &mut copy => return end,
+            end = &mut copy => break end,
             () = tokio::time::sleep_until(later(quiet_since, idle).into()) => {
                 let latest = epoch + Duration::from_micros(last.load(Ordering::Relaxed));
                 if latest == quiet_since {
-                    return End::Idle;
+                    break End::Idle;
                 }
             }
         }
-    }
+    };
+    (end, up.bytes, down.bytes)
 }
 
 /// Which end of a [`Half`] failed.
@@ -783,6 +823,8 @@ struct Half<'a> {
     ended: bool,
     /// The source has ended.
     eof: bool,
+    /// Bytes read from the source (this session's, for the access log).
+    bytes: u64,
 }
 
 impl<'a> Half<'a> {
@@ -794,6 +836,7 @@ impl<'a> Half<'a> {
             counter,
             ended,
             eof: ended,
+            bytes: 0,
         }
     }
 
@@ -837,6 +880,7 @@ impl<'a> Half<'a> {
             } else {
                 // Relaxed: a figure for the pages, read on its own.
                 self.counter.fetch_add(n as u64, Ordering::Relaxed);
+                self.bytes += n as u64;
                 activity.note();
             }
         }

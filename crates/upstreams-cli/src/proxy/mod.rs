@@ -1,6 +1,7 @@
 //! `upstreams proxy`: a TCP load balancer on upstream lists, with retries, health, Prometheus
 //! metrics, a status page, graceful shutdown and reload on SIGHUP.
 
+mod access;
 mod admin;
 mod config;
 mod forward;
@@ -106,6 +107,13 @@ pub(crate) struct Args {
     /// Seconds to let open sessions finish on SIGTERM/SIGINT.
     #[arg(long, default_value_t = 10.0, value_parser = upstreams::parse_seconds)]
     drain_timeout: f64,
+    /// Access log: one line per session, to this file (appended; SIGUSR1 reopens it) or
+    /// `-` for standard error.
+    #[arg(long, value_name = "PATH")]
+    access_log: Option<String>,
+    /// Access log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: access::Format,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -159,6 +167,8 @@ fn config_from_args(args: &Args, definition: String, listen: ListenAddr) -> Resu
         }
     };
     Ok(Config {
+        access_log: None,
+        log_format: None,
         admin: args.admin,
         dns: args.dns.clone(),
         drain_timeout: args.drain_timeout,
@@ -249,6 +259,7 @@ async fn serve(args: &Args) -> Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut config = if let Some(path) = &args.config {
         Config::load(path)?
     } else if args.demo {
@@ -268,6 +279,17 @@ async fn serve(args: &Args) -> Result<()> {
         config_from_args(args, definition.clone(), listen.clone())?
     };
     config.check()?;
+    // The access log: the file's setting, else the command line's. Fixed until a restart.
+    let log_target = config
+        .access_log
+        .clone()
+        .or_else(|| args.access_log.clone());
+    if let Some(target) = &log_target {
+        let format = config.log_format.unwrap_or(args.log_format);
+        let log = access::AccessLog::open(target, format)
+            .with_context(|| format!("access log {target}"))?;
+        let _ = access::LOG.set(log);
+    }
     let proxy = Arc::new(Proxy {
         listeners: RwLock::default(),
         sessions: Arc::default(),
@@ -293,6 +315,9 @@ async fn serve(args: &Args) -> Result<()> {
                     };
                     match prepared {
                         Ok((new, plan)) => {
+                            if new.access_log != config.access_log || new.log_format != config.log_format {
+                                tracing::warn!("access_log and log_format take effect on restart only");
+                            }
                             apply(&proxy, &mut running, plan);
                             config = new;
                             tracing::info!("reloaded {}", path.display());
@@ -306,6 +331,12 @@ async fn serve(args: &Args) -> Result<()> {
                 }
                 None => tracing::info!("SIGHUP: nothing to reload without --config"),
             },
+            _ = usr1.recv() => {
+                if let Some(log) = access::LOG.get() {
+                    log.reopen();
+                    tracing::info!("SIGUSR1: access log reopened");
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
