@@ -251,6 +251,18 @@ impl UpstreamList {
     }
 }
 
+impl UpstreamList {
+    /// Replaces the membership with `entries` (typed, no definition text) in one swap, as a
+    /// reload does: an upstream whose entry stays (same name and address) keeps its health,
+    /// error counts and in-flight picks, also when only its weight changes; new ones join;
+    /// the others are drained. The list's rotation is kept.
+    pub fn update(&self, entries: impl IntoIterator<Item = Entry>) -> MembershipChange {
+        let definition =
+            crate::parse::Definition::from_entries(self.rotation(), entries.into_iter().collect());
+        self.reconfigure(&definition)
+    }
+}
+
 fn name_hash(name: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(name.as_bytes())
 }

@@ -88,6 +88,66 @@ impl Entry {
         self.port_written
     }
 
+    /// An entry for a socket address, named as the definition `ip:port` (`[v6]:port`) would
+    /// be; weight 0 until [`Entry::with_weight`].
+    pub fn socket(addr: std::net::SocketAddr) -> Self {
+        let ip = addr.ip().to_string();
+        let name = match addr {
+            // rspamd names `[v6]:port` by the text inside the brackets.
+            std::net::SocketAddr::V6(_) => ip.clone(),
+            std::net::SocketAddr::V4(_) => format!("{ip}:{}", addr.port()),
+        };
+        Self {
+            name,
+            text: ip,
+            host: Host::Ip(addr.ip()),
+            port: addr.port(),
+            weight: 0,
+            port_written: true,
+        }
+    }
+
+    /// An entry for a host name (resolved by a resolver shell) or a textual IP, with a port;
+    /// the same checks as a definition's entry, with the same errors.
+    pub fn named(name: &str, port: u16) -> Result<Self, ParseError> {
+        let text = if name.contains(':') && !name.starts_with('[') {
+            format!("[{name}]:{port}")
+        } else {
+            format!("{name}:{port}")
+        };
+        parse_entry(&text, 0).map_err(|kind| ParseError::Entry {
+            index: 1,
+            text: clip(&text),
+            offset: 0,
+            kind,
+        })
+    }
+
+    /// An entry for a Unix socket path (absolute).
+    pub fn unix(path: &str) -> Result<Self, ParseError> {
+        if !path.starts_with('/') {
+            return Err(ParseError::Entry {
+                index: 1,
+                text: clip(path),
+                offset: 0,
+                kind: ParseErrorKind::InvalidHost,
+            });
+        }
+        parse_entry(path, 0).map_err(|kind| ParseError::Entry {
+            index: 1,
+            text: clip(path),
+            offset: 0,
+            kind,
+        })
+    }
+
+    /// The same entry with a weight (round-robin) or priority (master-slave).
+    #[must_use]
+    pub fn with_weight(mut self, weight: u16) -> Self {
+        self.weight = weight;
+        self
+    }
+
     /// The entry of one SRV target: a DNS name with the target's port; named `target:port`.
     pub(crate) fn srv_target(target: &str, port: u16, weight: u16) -> Self {
         let host = target.trim_end_matches('.');
@@ -178,6 +238,11 @@ impl Definition {
     /// Whether some entry names a host or an SRV record (a resolver must look it up).
     pub fn needs_resolution(&self) -> bool {
         self.entries.iter().any(|e| e.host().needs_resolution())
+    }
+
+    /// A definition built from typed entries (no parsing), with an optional rotation.
+    pub fn from_entries(rotation: Option<Rotation>, entries: Vec<Entry>) -> Self {
+        Self { rotation, entries }
     }
 
     /// The rotation named by the prefix, if any.

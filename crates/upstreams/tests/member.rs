@@ -264,3 +264,45 @@ fn reconfigure_with_a_new_weight_keeps_the_upstream() {
     }
     assert_eq!(ones, 50);
 }
+
+/// Typed entries build the same members a definition would, and `update` swaps the
+/// membership keeping the health of what stays (issue #17).
+#[test]
+fn typed_entries_and_update() {
+    use upstreams::{Definition, Entry};
+    let parsed = Definition::parse(
+        "10.0.0.1:80:3,[2001:db8::5]:7248,redis.example:6379,/run/x.sock",
+        0,
+    )
+    .unwrap();
+    let typed = [
+        Entry::socket("10.0.0.1:80".parse().unwrap()).with_weight(3),
+        Entry::socket("[2001:db8::5]:7248".parse().unwrap()),
+        Entry::named("redis.example", 6379).unwrap(),
+        Entry::unix("/run/x.sock").unwrap(),
+    ];
+    for (t, p) in typed.iter().zip(parsed.entries()) {
+        assert_eq!(t.name(), p.name());
+        assert_eq!(t.host(), p.host());
+        assert_eq!(
+            (t.port(), t.weight()),
+            (p.port(), p.weight()),
+            "{}",
+            p.name()
+        );
+    }
+    assert!(Entry::named("bad host!", 80).is_err());
+    assert!(Entry::unix("relative.sock").is_err());
+
+    let (l, clock) = list("round-robin:10.0.0.1:80,10.0.0.2:80", exact());
+    common::take_offline(&l, &clock, "10.0.0.2:80");
+    let change = l.update([
+        Entry::socket("10.0.0.2:80".parse().unwrap()).with_weight(5),
+        Entry::socket("10.0.0.3:80".parse().unwrap()),
+    ]);
+    assert_eq!(change.added, ["10.0.0.3:80"]);
+    assert_eq!(change.removed, ["10.0.0.1:80"]);
+    assert_eq!(change.reweighted, ["10.0.0.2:80"]);
+    assert!(!l.find("10.0.0.2:80").unwrap().is_alive(), "health kept");
+    assert_eq!(l.rotation(), Some(Rotation::RoundRobin), "rotation kept");
+}
