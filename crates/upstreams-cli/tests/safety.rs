@@ -57,6 +57,18 @@ async fn counting_backend(then: Then) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, seen)
 }
 
+/// Sends `GET` and expects `+OK` back.
+async fn expect_ok(listen: SocketAddr) {
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    s.write_all(b"GET\r\n").await.unwrap();
+    let mut answer = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&answer, b"+OK\r\n");
+}
+
 /// Sends one request line and reads until the proxy closes; the answer.
 async fn one_request(listen: SocketAddr) -> Vec<u8> {
     let mut s = TcpStream::connect(listen).await.unwrap();
@@ -158,14 +170,7 @@ async fn opted_in_replays_go_to_every_retry() {
             "connect,answer-timeout",
         ],
     );
-    let mut s = TcpStream::connect(p.addrs[0]).await.unwrap();
-    s.write_all(b"GET\r\n").await.unwrap();
-    let mut answer = [0u8; 5];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&answer, b"+OK\r\n");
+    expect_ok(p.addrs[0]).await;
     assert_eq!(
         (
             slow_seen.load(Ordering::SeqCst),
@@ -180,13 +185,6 @@ async fn a_failed_connect_is_retried_by_default() {
     let refusing = free_port();
     let (good, seen) = counting_backend(Then::AnswerAfter(Duration::ZERO)).await;
     let p = proxy(&format!("master-slave:{refusing}:2,{good}:1"), &[]);
-    let mut s = TcpStream::connect(p.addrs[0]).await.unwrap();
-    s.write_all(b"GET\r\n").await.unwrap();
-    let mut answer = [0u8; 5];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&answer, b"+OK\r\n");
+    expect_ok(p.addrs[0]).await;
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }

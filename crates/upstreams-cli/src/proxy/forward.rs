@@ -291,39 +291,32 @@ impl Listener {
                 Host::Unix(path) => Some(Target::Unix(path)),
                 _ => picked.next_addr().map(Target::Tcp),
             };
-            let Some(target) = target else {
-                figures.connect_failures.fetch_add(1, Ordering::Relaxed);
-                previous = Some(fail(picked, "no address"));
-                if !policy.connect {
-                    break;
-                }
-                continue;
-            };
             let started = Instant::now();
-            let connected =
-                tokio::time::timeout(settings.connect_timeout, net::connect(target)).await;
-            let mut backend = match connected {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(err)) if is_local_exhaustion(&err) => {
-                    // Out of descriptors here: no backend is to blame, and no retry can help
-                    // before some session ends.
-                    tracing::warn!(%peer, %err, "cannot open a backend connection");
-                    picked.release();
-                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    tally.outcome = "no-descriptors";
-                    return tally;
-                }
-                Ok(Err(err)) => {
-                    figures.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    previous = Some(fail(picked, &err.to_string()));
-                    if !policy.connect {
-                        break;
+            let connected = match target {
+                None => Err("no address".to_owned()),
+                Some(target) => {
+                    match tokio::time::timeout(settings.connect_timeout, net::connect(target)).await
+                    {
+                        Ok(Ok(stream)) => Ok(stream),
+                        Ok(Err(err)) if is_local_exhaustion(&err) => {
+                            // Out of descriptors here: no backend is to blame, and no retry
+                            // can help before some session ends.
+                            tracing::warn!(%peer, %err, "cannot open a backend connection");
+                            picked.release();
+                            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                            tally.outcome = "no-descriptors";
+                            return tally;
+                        }
+                        Ok(Err(err)) => Err(err.to_string()),
+                        Err(_) => Err("connect timeout".to_owned()),
                     }
-                    continue;
                 }
-                Err(_) => {
+            };
+            let mut backend = match connected {
+                Ok(stream) => stream,
+                Err(reason) => {
                     figures.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    previous = Some(fail(picked, "connect timeout"));
+                    previous = Some(fail(picked, &reason));
                     if !policy.connect {
                         break;
                     }
