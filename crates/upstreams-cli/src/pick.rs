@@ -16,7 +16,8 @@ pub(crate) struct Args {
     /// master-slave, sequential, p2c). Defaults to hash when keys are given, else round-robin.
     #[arg(long, short = 'r')]
     rotation: Option<Rotation>,
-    /// Consistent-hash mode: balanced, rspamd-ring (rspamd 4.x) or rspamd-jump (rspamd 3.x).
+    /// Consistent-hash mode: balanced, bounded, rspamd-ring (rspamd 4.x) or rspamd-jump
+    /// (rspamd 3.x).
     #[arg(long, default_value = "balanced")]
     hash: HashMode,
     /// Take this upstream offline first (by name; repeatable).

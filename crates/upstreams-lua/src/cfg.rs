@@ -167,12 +167,14 @@ fn read_limits(t: &Table, l: Limits) -> Result<Limits> {
             "latency_half_life" => c.latency_half_life = Some(number(&key, v)?),
             "default_latency" => c.default_latency = Some(number(&key, v)?),
             "revive_jitter" => c.revive_jitter = Some(number(&key, v)?),
+            "balance_factor" => c.balance_factor = Some(number(&key, v)?),
             "probe_jitter" => c.probe_jitter = Some(number(&key, v)?),
             "seed" => c.seed = Some(u64::from(count(&key, v)?)),
             "hash" => {
                 let Value::String(s) = v else {
                     return Err(invalid(
-                        "cfg.hash must be \"balanced\", \"rspamd-ring\" or \"rspamd-jump\"",
+                        "cfg.hash must be \"balanced\", \"bounded\", \"rspamd-ring\" or \
+                         \"rspamd-jump\"",
                     ));
                 };
                 let name = s.to_str()?.to_string();

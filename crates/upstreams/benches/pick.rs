@@ -51,7 +51,7 @@ struct Case {
     weighted: bool,
 }
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 9] = [
     Case {
         label: "round-robin",
         rotation: Rotation::RoundRobin,
@@ -86,6 +86,12 @@ const CASES: [Case; 8] = [
         label: "hash-balanced",
         rotation: Rotation::Hashed,
         mode: HashMode::Balanced,
+        weighted: false,
+    },
+    Case {
+        label: "hash-bounded",
+        rotation: Rotation::Hashed,
+        mode: HashMode::Bounded,
         weighted: false,
     },
     Case {
@@ -250,6 +256,40 @@ fn balanced_health(c: &mut Criterion) {
                     });
                 },
             );
+        }
+        // `bounded` beside it, nothing over the bound (the same table, one more load and
+        // compare), and with one pick held on every upstream (the arithmetic runs).
+        for held in [false, true] {
+            let list = UpstreamList::parse(
+                &definition(n, false),
+                11333,
+                Limits::default().with_hash_mode(HashMode::Bounded),
+            )
+            .unwrap();
+            let hold: Vec<_> = if held {
+                list.upstreams()
+                    .iter()
+                    .map(|u| list.get(Rotation::Hashed, u.name().as_bytes()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let snap = list.snapshot();
+            let label = if held {
+                "bounded-loaded"
+            } else {
+                "bounded-idle"
+            };
+            group.bench_with_input(BenchmarkId::new(label, n), &n, |b, _| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for i in 0..iters as usize {
+                        black_box(snap.select(Rotation::Hashed, black_box(&keys[i & 4095])));
+                    }
+                    start.elapsed()
+                });
+            });
+            drop(hold);
         }
         let list = UpstreamList::parse(&definition(n, false), 11333, Limits::default()).unwrap();
         let snap = list.snapshot();

@@ -13,6 +13,11 @@ pub enum HashMode {
     RspamdRing,
     /// rspamd 3.x's jump hash (every release before 4.0), bit-compatible.
     RspamdJump,
+    /// `balanced` with bounded loads (Mirrokni, Thorup and Zadimoghaddam 2018; HAProxy's
+    /// `hash-balance-factor`): a key goes to its `balanced` owner unless that owner already
+    /// holds [`Limits::balance_factor`] × its weight share of the picks in flight; then it
+    /// walks its own probe sequence to the first upstream under that bound.
+    Bounded,
 }
 
 impl std::str::FromStr for HashMode {
@@ -23,8 +28,10 @@ impl std::str::FromStr for HashMode {
             "balanced" => Ok(Self::Balanced),
             "rspamd-ring" | "rspamd" | "ring" | "ketama" => Ok(Self::RspamdRing),
             "rspamd-jump" | "jump" => Ok(Self::RspamdJump),
+            "bounded" => Ok(Self::Bounded),
             other => Err(format!(
-                "unknown hash mode {other:?} (expected balanced, rspamd-ring or rspamd-jump)"
+                "unknown hash mode {other:?} (expected balanced, bounded, rspamd-ring or \
+                 rspamd-jump)"
             )),
         }
     }
@@ -36,6 +43,7 @@ impl std::fmt::Display for HashMode {
             Self::Balanced => "balanced",
             Self::RspamdRing => "rspamd-ring",
             Self::RspamdJump => "rspamd-jump",
+            Self::Bounded => "bounded",
         })
     }
 }
@@ -74,6 +82,10 @@ pub struct Limits {
     pub max_consecutive_errors: u32,
     /// Consistent-hash mode used by [`Rotation::Hashed`](crate::Rotation::Hashed).
     pub hash_mode: HashMode,
+    /// With [`HashMode::Bounded`]: no upstream takes a new pick while it holds more than
+    /// `balance_factor × (picks in flight + 1) × its weight share`; above 1 (default 1.25,
+    /// HAProxy's `hash-balance-factor` 125).
+    pub balance_factor: f64,
     /// Seed for the random choices of this list (random, p2c, jitter); `None` draws from
     /// a per-thread generator. Set it in tests for reproducible runs.
     pub seed: Option<u64>,
@@ -97,6 +109,7 @@ impl Default for Limits {
             default_latency: Duration::from_millis(5),
             max_consecutive_errors: 0,
             hash_mode: HashMode::Balanced,
+            balance_factor: 1.25,
             seed: None,
         }
     }
@@ -148,6 +161,8 @@ with! {
     with_max_consecutive_errors => max_consecutive_errors: u32;
     /// Sets `hash_mode`.
     with_hash_mode => hash_mode: HashMode;
+    /// Sets `balance_factor` (used by [`HashMode::Bounded`]).
+    with_balance_factor => balance_factor: f64;
     /// Sets `seed`.
     with_seed => seed: Option<u64>;
 }
@@ -173,6 +188,9 @@ impl Limits {
         }
         if self.latency_half_life.is_zero() {
             return bad("latency_half_life", "must be greater than zero");
+        }
+        if !(self.balance_factor > 1.0 && self.balance_factor <= 100.0) {
+            return bad("balance_factor", "must be above 1 and at most 100");
         }
         Ok(())
     }
@@ -272,8 +290,10 @@ pub struct LimitsConfig {
     pub default_latency: Option<f64>,
     /// [`Limits::max_consecutive_errors`].
     pub max_consecutive_errors: Option<u32>,
-    /// [`Limits::hash_mode`] by name: `balanced`, `rspamd-ring` or `rspamd-jump`.
+    /// [`Limits::hash_mode`] by name: `balanced`, `bounded`, `rspamd-ring` or `rspamd-jump`.
     pub hash: Option<String>,
+    /// [`Limits::balance_factor`], above 1.
+    pub balance_factor: Option<f64>,
     /// [`Limits::seed`].
     pub seed: Option<u64>,
 }
@@ -324,10 +344,11 @@ impl LimitsConfig {
         set!(latency_half_life, seconds, false);
         set!(default_latency, seconds, true);
         set!(max_consecutive_errors);
+        set!(balance_factor);
         if let Some(name) = &self.hash {
             l.hash_mode = name.parse().map_err(|_| crate::Error::InvalidLimit {
                 what: "hash",
-                why: "must be balanced, rspamd-ring or rspamd-jump",
+                why: "must be balanced, bounded, rspamd-ring or rspamd-jump",
             })?;
         }
         if self.seed.is_some() {

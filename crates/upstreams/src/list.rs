@@ -30,6 +30,11 @@ pub(crate) struct Shared {
     pub(crate) slow_start_ns: AtomicU64,
     /// `limits.default_latency` in seconds, as `f64` bits (read by every p2c pick).
     pub(crate) default_latency: AtomicU64,
+    /// `limits.balance_factor`, as `f64` bits (read by every `bounded` pick).
+    pub(crate) balance_factor: AtomicU64,
+    /// Picks in flight over the whole list ([`Picked`]s alive), counted only when the list
+    /// hashes with `bounded` (the one reader): other lists do not pay for a shared counter.
+    pub(crate) inflight: AtomicUsize,
     clock: TimeSource,
     watchers: Watchers,
     pub(crate) rng: Rng,
@@ -95,6 +100,8 @@ impl Shared {
             limits.default_latency.as_secs_f64().to_bits(),
             Ordering::Relaxed,
         );
+        self.balance_factor
+            .store(limits.balance_factor.to_bits(), Ordering::Relaxed);
         self.limits.store(Arc::new(limits));
     }
 
@@ -212,6 +219,8 @@ impl UpstreamList {
             hash_mode: limits.hash_mode,
             slow_start_ns: AtomicU64::new(health::nanos(limits.slow_start)),
             default_latency: AtomicU64::new(limits.default_latency.as_secs_f64().to_bits()),
+            balance_factor: AtomicU64::new(limits.balance_factor.to_bits()),
+            inflight: AtomicUsize::new(0),
             limits: ArcSwap::from_pointee(limits),
             clock,
             watchers: Watchers::default(),

@@ -211,11 +211,17 @@ impl Upstream {
 
     pub(crate) fn start_pick(&self) {
         self.inflight.fetch_add(1, Ordering::Relaxed);
+        if self.shared.hash_mode == crate::HashMode::Bounded {
+            self.shared.inflight.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Called exactly once per [`Picked`](crate::Picked), which owns the increment.
     pub(crate) fn end_pick(&self) {
         self.inflight.fetch_sub(1, Ordering::Relaxed);
+        if self.shared.hash_mode == crate::HashMode::Bounded {
+            self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Reports a success: closes the error window, clears the current address's errors,

@@ -117,6 +117,43 @@ proptest! {
         }
     }
 
+    /// `bounded`, any interleaving of picks and releases: no pick lands on an upstream at or
+    /// over `c × (in flight + 1) × its weight share`, and whenever the `balanced` owner of
+    /// the key is under that bound the pick is the owner.
+    #[test]
+    fn bounded_never_exceeds_the_bound(
+        weights in proptest::collection::vec(0u16..5, 2..12),
+        factor in 1.05f64..3.0,
+        ops in proptest::collection::vec((any::<bool>(), 0u32..40, any::<u16>()), 1..400),
+    ) {
+        let def = definition(&weights);
+        let limits = instant().with_hash_mode(HashMode::Bounded).with_balance_factor(factor);
+        let (list, _) = common::list(&def, limits);
+        let (plain, _) = common::list(&def, instant());
+        let w: Vec<f64> = weights.iter().map(|&w| f64::from(w.max(1))).collect();
+        let total_w: f64 = w.iter().sum();
+        let mut held: Vec<upstreams::Picked> = Vec::new();
+        for (pick, key, victim) in ops {
+            if !pick && !held.is_empty() {
+                held.swap_remove(usize::from(victim) % held.len()).ok();
+                continue;
+            }
+            let key = format!("key-{key}");
+            let in_flight = held.len() as f64;
+            let home = plain.snapshot().select(Rotation::Hashed, key.as_bytes()).unwrap().index();
+            let ups = list.upstreams();
+            let bound = |i: usize| (factor * (in_flight + 1.0) * w[i] / total_w).ceil();
+            let p = list.get(Rotation::Hashed, key.as_bytes()).unwrap();
+            let i = p.index();
+            prop_assert!(f64::from(ups[i].inflight()) <= bound(i),
+                "{} holds {} > bound {}", p.name(), ups[i].inflight(), bound(i));
+            if f64::from(ups[home].inflight() - u32::from(home == i)) + 1.0 <= bound(home) {
+                prop_assert_eq!(i, home);
+            }
+            held.push(p);
+        }
+    }
+
     /// Round-robin gives every member exactly its weight per cycle.
     #[test]
     fn prop_round_robin_exact_per_cycle(weights in proptest::collection::vec(1u16..20, 1..8)) {

@@ -440,3 +440,62 @@ fn an_empty_list_picks_nothing() {
         "127.0.0.1"
     );
 }
+
+/// `bounded`: one hot key held 100 times spreads over the members (each at most
+/// ⌈1.25 × in flight / 10⌉), where `balanced` puts all 100 on one; released, the key goes
+/// home again.
+#[test]
+fn bounded_spreads_a_hot_key_and_returns_it_home() {
+    let def = (1..=10)
+        .map(|i| format!("10.0.0.{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (bounded, _) = list(&def, exact().with_hash_mode(HashMode::Bounded));
+    let (plain, _) = list(&def, exact());
+    let home = plain
+        .get(Rotation::Hashed, b"hot")
+        .unwrap()
+        .name()
+        .to_owned();
+    assert_eq!(bounded.get(Rotation::Hashed, b"hot").unwrap().name(), home);
+    let held: Vec<_> = (0..100)
+        .map(|_| bounded.get(Rotation::Hashed, b"hot").unwrap())
+        .collect();
+    let most = bounded
+        .upstreams()
+        .iter()
+        .map(|u| u.inflight())
+        .max()
+        .unwrap();
+    assert!(most <= 13, "{most}");
+    let used = bounded
+        .upstreams()
+        .iter()
+        .filter(|u| u.inflight() > 0)
+        .count();
+    assert!(used >= 8, "{used}");
+    let at_home = bounded.find(&home).unwrap().inflight();
+    assert!(at_home >= 10, "{at_home}");
+    drop(held);
+    assert_eq!(bounded.get(Rotation::Hashed, b"hot").unwrap().name(), home);
+    let plain_held: Vec<_> = (0..100)
+        .map(|_| plain.get(Rotation::Hashed, b"hot").unwrap())
+        .collect();
+    assert_eq!(plain.find(&home).unwrap().inflight(), 100);
+    drop(plain_held);
+}
+
+/// `balance_factor` must be above 1; the error names it.
+#[test]
+fn bounded_balance_factor_is_checked() {
+    let err = upstreams::Limits::default()
+        .with_balance_factor(1.0)
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("balance_factor"), "{err}");
+    assert!(upstreams::Limits::default()
+        .with_balance_factor(f64::NAN)
+        .validate()
+        .is_err());
+}

@@ -7,6 +7,7 @@
 //! each upstream's own atomic state.
 
 pub(crate) mod balanced;
+pub(crate) mod bounded;
 pub(crate) mod down;
 pub(crate) mod jump;
 pub(crate) mod ring;
@@ -104,6 +105,8 @@ pub(crate) struct Members {
     /// rspamd's ring) does not carry its 16 384-slot table (≈ 23 KiB a list).
     balanced: OnceLock<Balanced>,
     ring: OnceLock<Ring>,
+    /// Weight shares for `bounded` (empty in other modes).
+    bound_shares: Box<[f64]>,
     sequence: AtomicUsize,
     weighted: bool,
     down: down::DownBits,
@@ -125,7 +128,7 @@ impl Members {
             (up.srv_priority(), std::cmp::Reverse(up.weight()))
         });
         let balanced = OnceLock::new();
-        if hash_mode == HashMode::Balanced {
+        if matches!(hash_mode, HashMode::Balanced | HashMode::Bounded) {
             let _ = balanced.set(Balanced::build(
                 upstreams.iter().map(|u| (u.name(), u.weight())),
             ));
@@ -136,7 +139,13 @@ impl Members {
                 upstreams.iter().map(|u| (u.name(), u.weight())),
             ));
         }
+        let bound_shares = if hash_mode == HashMode::Bounded {
+            bounded::shares(weights.iter().copied())
+        } else {
+            Box::default()
+        };
         Self {
+            bound_shares,
             rr: RoundRobin::build(&weights),
             priority: priority.into_boxed_slice(),
             balanced,
@@ -228,6 +237,14 @@ impl Members {
                     HashMode::RspamdJump => {
                         jump::lookup(key, ups.len(), ok, |n| shared.rng.below(n))
                     }
+                    HashMode::Bounded => bounded::lookup(
+                        self.balanced(),
+                        &self.bound_shares,
+                        |i| ups[i].inflight(),
+                        balanced::key_hash(key),
+                        ok,
+                        bounded::scale(shared, ups.len()),
+                    ),
                     _ => self.balanced().lookup(balanced::key_hash(key), ok),
                 };
             }
