@@ -6,6 +6,7 @@ mod backend;
 mod check;
 mod pick;
 mod proxy;
+mod scenario;
 mod simulate;
 
 use std::process::ExitCode;

@@ -13,6 +13,7 @@ use upstreams::{
 };
 
 use crate::check::print_table;
+use crate::scenario;
 
 /// The list simulated when none is given: five backends, weights 3,2,1,1,1.
 pub(crate) const DEFAULT_LIST: &str =
@@ -40,23 +41,70 @@ pub(crate) struct Args {
     /// Port for entries that name none.
     #[arg(long, short = 'p', default_value_t = 11333)]
     default_port: u16,
-    /// Failures in a row that take an upstream offline at once (0 = rspamd's window only).
-    #[arg(long, default_value_t = 0)]
-    max_consecutive_errors: u32,
+    /// Failures in a row that take an upstream offline at once (0 = rspamd's window only;
+    /// default 0, and 5 with --scenario, the proxy's default).
+    #[arg(long)]
+    max_consecutive_errors: Option<u32>,
     /// Seconds an offline upstream stays out.
     #[arg(long, default_value_t = 60)]
     revive_time: u64,
+    /// Run a what-if scenario instead (slow, fast-fail, flapping, hot-keys, heterogeneous,
+    /// or all): tail latency and errors per rotation against models of the peers.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Scenario: print one JSON object per scenario instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Scenario: backends in the pool.
+    #[arg(long, default_value_t = 10)]
+    backends: usize,
+    /// Scenario: requests each backend serves in parallel.
+    #[arg(long, default_value_t = 4)]
+    servers: u32,
+    /// Scenario: mean service time in milliseconds (exponential).
+    #[arg(long, default_value_t = 10.0)]
+    service_ms: f64,
+    /// Scenario: arrival rate as a fraction of the healthy pool's capacity.
+    #[arg(long, default_value_t = 0.8)]
+    utilisation: f64,
+    /// Scenario: client requests per rotation.
+    #[arg(long, default_value_t = 200_000)]
+    requests: usize,
+    /// Scenario: retries of a failed request, each on another backend.
+    #[arg(long, default_value_t = 1)]
+    retries: u32,
+    /// Scenario (hot-keys): distinct keys, drawn Zipf(1.1).
+    #[arg(long, default_value_t = 1_000_000)]
+    distinct_keys: usize,
+    /// Scenario (hot-keys): the `bounded` hash's balance factor.
+    #[arg(long, default_value_t = 1.25)]
+    balance_factor: f64,
+    /// Scenario: also write an SVG plot of p99 latency per rotation to this file.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    /// Scenario: seed of arrivals, keys and service times.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 impl Args {
     fn limits(&self) -> Limits {
         Limits::default()
-            .with_max_consecutive_errors(self.max_consecutive_errors)
+            .with_max_consecutive_errors(self.max_consecutive_errors.unwrap_or(0))
             .with_revive_time(Duration::from_secs(self.revive_time))
     }
 }
 
 pub(crate) fn run(args: &Args) -> Result<()> {
+    if let Some(name) = &args.scenario {
+        return run_scenarios(name, args);
+    }
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.fail_rate),
+        "--fail-rate must be within 0..=1 (got {})",
+        args.fail_rate
+    );
+    anyhow::ensure!(args.picks > 0, "--picks must be at least 1");
     let text = args.definition.as_deref().unwrap_or(DEFAULT_LIST);
     let def = Definition::parse(text, args.default_port)?;
     let names: Vec<String> = def.entries().iter().map(|e| e.name().to_owned()).collect();
@@ -83,7 +131,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         args.picks,
         args.interval_ms,
         args.revive_time,
-        args.max_consecutive_errors
+        args.max_consecutive_errors.unwrap_or(0)
     )?;
     writeln!(out)?;
     let mut header = vec!["rotation".to_owned()];
@@ -125,6 +173,46 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         )?);
     }
     print_table(&mut out, &header, &rows)?;
+    Ok(())
+}
+
+fn run_scenarios(name: &str, args: &Args) -> Result<()> {
+    let params = scenario::Params {
+        backends: args.backends,
+        servers: args.servers,
+        service_ms: args.service_ms,
+        utilisation: args.utilisation,
+        requests: args.requests,
+        retries: args.retries,
+        keys: args.distinct_keys,
+        balance_factor: args.balance_factor,
+        max_consecutive_errors: args.max_consecutive_errors.unwrap_or(5),
+        seed: args.seed,
+    };
+    params.check()?;
+    let names: Vec<&str> = if name == "all" {
+        scenario::SCENARIOS.to_vec()
+    } else {
+        vec![name]
+    };
+    let mut out = std::io::stdout().lock();
+    let mut reports = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let report = scenario::run(name, &params)?;
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        } else {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            scenario::print(&mut out, &report, &params)?;
+        }
+        reports.push(report);
+    }
+    if let Some(path) = &args.svg {
+        scenario::plot(path, &reports)
+            .map_err(|e| anyhow::anyhow!("--svg {}: {e}", path.display()))?;
+    }
     Ok(())
 }
 
