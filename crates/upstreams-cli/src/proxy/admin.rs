@@ -109,6 +109,7 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
                 "failed": l.stats.failed.load(Ordering::Relaxed),
                 "idle_closed": l.stats.idle_closed.load(Ordering::Relaxed),
                 "accept_errors": l.stats.accept_errors.load(Ordering::Relaxed),
+                "proxy_protocol_rejected": l.stats.proxy_rejected.load(Ordering::Relaxed),
                 "upstreams": upstreams,
             })
         })
@@ -445,6 +446,15 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
         "Failed accepts (out of file descriptors and the like).",
         &mut per_listener("upstreams_listener_accept_errors_total", &|s| {
             s.accept_errors.load(Ordering::Relaxed)
+        })
+        .into_iter(),
+    );
+    family(
+        "upstreams_listener_proxy_protocol_rejected_total",
+        "counter",
+        "Clients closed for a missing, late or malformed PROXY protocol header.",
+        &mut per_listener("upstreams_listener_proxy_protocol_rejected_total", &|s| {
+            s.proxy_rejected.load(Ordering::Relaxed)
         })
         .into_iter(),
     );

@@ -25,6 +25,10 @@
 //!                                   # session waits for the client's; false: it ends the session
 //! default_port = 80                 # for entries without a port (else such an entry is
 //!                                   # an error); every duration is 0 < s <= one year
+//! accept_proxy = false              # true: every client starts with a PROXY protocol
+//!                                   # header (v1 or v2), whose client address is used
+//! proxy_protocol_timeout = 10.0     # seconds for that header to arrive whole
+//! send_proxy = "v2"                 # or "v1": a PROXY header ahead of each backend connection
 //!
 //! [listener.health_check]           # optional active checks
 //! type = "send-expect"              # "tcp", "send-expect" (send, expect) or "http" (path,
@@ -103,11 +107,28 @@ pub(crate) struct ListenerConfig {
     pub(crate) half_close: bool,
     #[serde(default)]
     pub(crate) default_port: u16,
+    /// Clients start with a PROXY protocol header (v1 or v2).
+    #[serde(default)]
+    pub(crate) accept_proxy: bool,
+    #[serde(
+        default = "default_proxy_protocol_timeout",
+        deserialize_with = "upstreams::seconds::required"
+    )]
+    pub(crate) proxy_protocol_timeout: f64,
+    /// Send a PROXY protocol header ahead of every backend connection.
+    #[serde(default)]
+    pub(crate) send_proxy: Option<super::proxy_protocol::Version>,
     #[serde(default)]
     pub(crate) limits: upstreams::LimitsConfig,
     /// Active health checks (`[listener.health_check]`); none when absent.
     #[serde(default)]
     pub(crate) health_check: Option<upstreams_check::CheckConfig>,
+}
+
+/// nginx's `proxy_protocol_timeout` is 30 s; a load balancer in front sends its header with
+/// the connection, so 10 s is generous.
+pub(crate) fn default_proxy_protocol_timeout() -> f64 {
+    10.0
 }
 
 fn default_retries() -> u32 {
@@ -207,6 +228,10 @@ pub(crate) struct Settings {
     pub(crate) half_close: bool,
     /// Active health checks, if any.
     pub(crate) health_check: Option<upstreams_check::CheckSettings>,
+    /// Read a PROXY protocol header from every client within this time.
+    pub(crate) accept_proxy: Option<Duration>,
+    /// Write a PROXY protocol header to every backend connection.
+    pub(crate) send_proxy: Option<super::proxy_protocol::Version>,
 }
 
 impl ListenerConfig {
@@ -271,6 +296,15 @@ impl ListenerConfig {
                 .filter(|d| !d.is_zero()),
             idle_timeout: positive_secs(&what("idle_timeout"), self.idle_timeout)?,
             half_close: self.half_close,
+            accept_proxy: if self.accept_proxy {
+                Some(positive_secs(
+                    &what("proxy_protocol_timeout"),
+                    self.proxy_protocol_timeout,
+                )?)
+            } else {
+                None
+            },
+            send_proxy: self.send_proxy,
             health_check: self
                 .health_check
                 .as_ref()

@@ -15,6 +15,7 @@ use upstreams_check::Checker;
 use super::access::Tally;
 use super::config::Settings;
 use super::net::{self, Acceptor, Backend, Client, ListenAddr, Target};
+use super::proxy_protocol;
 use super::stats::{Stats, UpStats};
 
 /// A running listener: its list, settings (replaced on reload) and figures.
@@ -223,7 +224,7 @@ impl Listener {
                     let me = Arc::clone(&self);
                     tokio::spawn(async move {
                         let started = Instant::now();
-                        let tally = me.forward(client, peer).await;
+                        let (tally, peer) = me.serve(client, peer).await;
                         if let Some(log) = super::access::LOG.get() {
                             let client = PeerName(peer).to_string();
                             log.session(&me.bound.to_string(), &client, &tally, started.elapsed());
@@ -236,11 +237,68 @@ impl Listener {
         tracing::info!(listener = %self.listen, "stopped accepting");
     }
 
+    /// One client: its PROXY protocol header first when the listener expects one (the
+    /// address it carries is the client's from then on), then [`Listener::forward`]. Returns
+    /// the tally and the client address for the access log.
+    async fn serve(
+        &self,
+        mut client: Client,
+        peer: Option<SocketAddr>,
+    ) -> (Tally, Option<SocketAddr>) {
+        let settings = self.settings();
+        let mut early = Vec::new();
+        let mut addrs = None;
+        let mut peer = peer;
+        if let Some(timeout) = settings.accept_proxy {
+            match proxy_protocol::read_header(&mut client, &mut early, timeout).await {
+                Ok(Some(carried)) => {
+                    peer = Some(carried.source);
+                    addrs = Some(carried);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    self.stats.proxy_rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(listener = %self.listen, client = %PeerName(peer), %err, "client closed; nothing forwarded");
+                    let tally = Tally {
+                        outcome: "bad-proxy-header",
+                        ..Tally::default()
+                    };
+                    return (tally, peer);
+                }
+            }
+        }
+        let header = settings.send_proxy.map(|version| {
+            let own = || {
+                let local = match &client {
+                    tokio_util::either::Either::Left(tcp) => tcp.local_addr().ok(),
+                    tokio_util::either::Either::Right(_) => None,
+                };
+                peer.zip(local)
+                    .map(|(source, destination)| proxy_protocol::Addresses {
+                        source,
+                        destination,
+                    })
+            };
+            proxy_protocol::header(version, addrs.or_else(own))
+        });
+        let tally = self.forward(client, peer, &early, header.as_deref()).await;
+        (tally, peer)
+    }
+
     /// One client: pick, connect, and wait for the backend's first byte, retrying elsewhere
     /// when nothing of the client reached the backend (the connect failed, or the backend
     /// closed first); with `retry_on` opted in, also when the backend closes or stays silent
     /// after reading the client's bytes, which are then replayed. Then copy both ways.
-    async fn forward(&self, mut client: Client, peer: Option<SocketAddr>) -> Tally {
+    ///
+    /// `early`: client bytes read with its PROXY protocol header, forwarded first; `header`:
+    /// the PROXY protocol header each backend connection starts with.
+    async fn forward(
+        &self,
+        mut client: Client,
+        peer: Option<SocketAddr>,
+        early: &[u8],
+        header: Option<&[u8]>,
+    ) -> Tally {
         let mut tally = Tally::default();
         let settings = self.settings();
         // nginx's `hash $remote_addr consistent`: the address as text, formatted on the stack,
@@ -262,6 +320,7 @@ impl Listener {
         // then they carry the relay's two directions.
         let mut buffers = pool::Buffers::take();
         let pool::Buffers { sent, answer } = &mut buffers;
+        sent.extend_from_slice(early);
         let mut client_done = false;
         // Upstreams this client already failed on: a retry goes elsewhere while it can.
         let mut tried: Vec<Arc<Upstream>> = Vec::new();
@@ -311,6 +370,17 @@ impl Listener {
                         Err(_) => Err("connect timeout".to_owned()),
                     }
                 }
+            };
+            let connected = match (connected, header) {
+                (Ok(mut stream), Some(header)) => {
+                    use tokio::io::AsyncWriteExt;
+                    // Ahead of any client byte: a refusal here is still a connect failure.
+                    match stream.write_all(header).await {
+                        Ok(()) => Ok(stream),
+                        Err(err) => Err(format!("PROXY protocol header not taken: {err}")),
+                    }
+                }
+                (connected, _) => connected,
             };
             let mut backend = match connected {
                 Ok(stream) => stream,

@@ -6,6 +6,7 @@ mod admin;
 mod config;
 mod forward;
 mod net;
+mod proxy_protocol;
 mod stats;
 
 use std::collections::HashMap;
@@ -73,6 +74,17 @@ pub(crate) struct Args {
     /// the client, as nginx stream does by default. A client's end is passed on either way.
     #[arg(long)]
     half_close: bool,
+    /// Clients start with a PROXY protocol header (v1 or v2, from a load balancer in front):
+    /// its client address is used (hash key, logs); a missing or malformed header closes
+    /// the client before anything is forwarded.
+    #[arg(long)]
+    accept_proxy: bool,
+    /// Seconds for a client's PROXY protocol header to arrive whole.
+    #[arg(long, default_value_t = config::default_proxy_protocol_timeout(), value_parser = upstreams::parse_seconds)]
+    proxy_protocol_timeout: f64,
+    /// Send a PROXY protocol header (v1 or v2) ahead of every backend connection.
+    #[arg(long, value_enum)]
+    send_proxy: Option<proxy_protocol::Version>,
     /// Active health checks: `tcp`, `http:/PATH` or `send-expect:SEND:EXPECT` (escapes \r \n
     /// \t \\ \0 \xHH; a colon inside SEND or EXPECT is \x3a).
     #[arg(long)]
@@ -184,6 +196,9 @@ fn config_from_args(args: &Args, definition: String, listen: ListenAddr) -> Resu
             idle_timeout: args.idle_timeout,
             half_close: args.half_close,
             default_port: args.default_port,
+            accept_proxy: args.accept_proxy,
+            proxy_protocol_timeout: args.proxy_protocol_timeout,
+            send_proxy: args.send_proxy,
             limits: {
                 let mut limits = upstreams::LimitsConfig::default();
                 limits.revive_time = args.revive_time;

@@ -73,6 +73,8 @@ pub(crate) struct Stats {
     pub(crate) idle_closed: AtomicU64,
     /// Failed accepts (descriptor limit and the like).
     pub(crate) accept_errors: AtomicU64,
+    /// Clients closed for a missing, late or malformed PROXY protocol header.
+    pub(crate) proxy_rejected: AtomicU64,
 }
 
 impl Stats {
