@@ -137,8 +137,8 @@ fn parse(buf: &[u8]) -> Result<Option<(usize, Option<Addresses>)>, Refused> {
     if parsed.is_incomplete() {
         // A v1 line is complete at its CRLF: one that still lacks fields is malformed, not
         // incomplete (the parser reports missing fields as partial input).
-        let v1_line_ended = buf.starts_with(b"PROXY ")
-            && buf.windows(2).take(V1_MAX).any(|w| w == b"\r\n");
+        let v1_line_ended =
+            buf.starts_with(b"PROXY ") && buf.windows(2).take(V1_MAX).any(|w| w == b"\r\n");
         if v1_line_ended {
             return Err(Refused::Invalid("malformed v1 header line".to_owned()));
         }
