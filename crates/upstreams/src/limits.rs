@@ -86,6 +86,10 @@ pub struct Limits {
     /// `balance_factor × (picks in flight + 1) × its weight share`; above 1 (default 1.25,
     /// HAProxy's `hash-balance-factor` 125).
     pub balance_factor: f64,
+    /// When non-zero, an upstream holding this many picks in flight (live
+    /// [`Picked`](crate::Picked)s) is skipped like an unselectable one until one ends (nginx's
+    /// `max_conns`); a pick finds nothing when every upstream is full.
+    pub max_inflight: u32,
     /// Seed for the random choices of this list (random, p2c, jitter); `None` draws from
     /// a per-thread generator. Set it in tests for reproducible runs.
     pub seed: Option<u64>,
@@ -110,6 +114,7 @@ impl Default for Limits {
             max_consecutive_errors: 0,
             hash_mode: HashMode::Balanced,
             balance_factor: 1.25,
+            max_inflight: 0,
             seed: None,
         }
     }
@@ -161,6 +166,8 @@ with! {
     with_max_consecutive_errors => max_consecutive_errors: u32;
     /// Sets `hash_mode`.
     with_hash_mode => hash_mode: HashMode;
+    /// Sets `max_inflight` (0: no limit).
+    with_max_inflight => max_inflight: u32;
     /// Sets `balance_factor` (used by [`HashMode::Bounded`]).
     with_balance_factor => balance_factor: f64;
     /// Sets `seed`.
@@ -294,6 +301,8 @@ pub struct LimitsConfig {
     pub hash: Option<String>,
     /// [`Limits::balance_factor`], above 1.
     pub balance_factor: Option<f64>,
+    /// [`Limits::max_inflight`], 0 for no limit.
+    pub max_inflight: Option<u32>,
     /// [`Limits::seed`].
     pub seed: Option<u64>,
 }
@@ -345,6 +354,7 @@ impl LimitsConfig {
         set!(default_latency, seconds, true);
         set!(max_consecutive_errors);
         set!(balance_factor);
+        set!(max_inflight);
         if let Some(name) = &self.hash {
             l.hash_mode = name.parse().map_err(|_| crate::Error::InvalidLimit {
                 what: "hash",

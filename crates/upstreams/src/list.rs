@@ -14,7 +14,7 @@ use crate::health::{self, Rng};
 use crate::limits::Limits;
 use crate::parse::Definition;
 use crate::select::{Members, Rotation};
-use crate::sync::{AtomicU64, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::upstream::{FailKind, Upstream};
 use crate::Error;
 
@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub(crate) default_latency: AtomicU64,
     /// `limits.balance_factor`, as `f64` bits (read by every `bounded` pick).
     pub(crate) balance_factor: AtomicU64,
+    /// `limits.max_inflight` (0: none), read by every pick.
+    pub(crate) max_inflight: AtomicU32,
     /// Picks in flight over the whole list ([`Picked`]s alive), counted only when the list
     /// hashes with `bounded` (the one reader): other lists do not pay for a shared counter.
     pub(crate) inflight: AtomicUsize,
@@ -102,6 +104,8 @@ impl Shared {
         );
         self.balance_factor
             .store(limits.balance_factor.to_bits(), Ordering::Relaxed);
+        self.max_inflight
+            .store(limits.max_inflight, Ordering::Relaxed);
         self.limits.store(Arc::new(limits));
     }
 
@@ -220,6 +224,7 @@ impl UpstreamList {
             slow_start_ns: AtomicU64::new(health::nanos(limits.slow_start)),
             default_latency: AtomicU64::new(limits.default_latency.as_secs_f64().to_bits()),
             balance_factor: AtomicU64::new(limits.balance_factor.to_bits()),
+            max_inflight: AtomicU32::new(limits.max_inflight),
             inflight: AtomicUsize::new(0),
             limits: ArcSwap::from_pointee(limits),
             clock,
@@ -415,6 +420,10 @@ impl UpstreamList {
 
     fn pick(&self, rotation: Rotation, key: &[u8], except: Option<&Upstream>) -> Option<Picked> {
         let members = self.members.load();
+        let cap = self.shared.max_inflight.load(Ordering::Relaxed);
+        if cap != 0 {
+            return pick_capped(&members, &self.shared, rotation, key, except, cap);
+        }
         let index = choose(&members, &self.shared, rotation, key, except)?;
         Some(hand_out(&members.upstreams[index], 0))
     }
@@ -446,6 +455,32 @@ impl UpstreamList {
         }
         changed
     }
+}
+
+/// [`UpstreamList::pick`] under `max_inflight`: the selection skips full upstreams, and the
+/// in-flight count is taken with a compare-and-swap so that picks racing for an upstream's
+/// last slot cannot both win it; the loser selects again (a few times, then finds nothing).
+#[inline(never)]
+fn pick_capped(
+    members: &Members,
+    shared: &Shared,
+    rotation: Rotation,
+    key: &[u8],
+    except: Option<&Upstream>,
+    cap: u32,
+) -> Option<Picked> {
+    for _ in 0..4 {
+        let index = choose(members, shared, rotation, key, except)?;
+        let up = &members.upstreams[index];
+        if up.try_start_pick(cap) {
+            return Some(Picked {
+                upstream: Arc::clone(up),
+                tokens: 0,
+                done: false,
+            });
+        }
+    }
+    None
 }
 
 fn hand_out(upstream: &Arc<Upstream>, tokens: u32) -> Picked {

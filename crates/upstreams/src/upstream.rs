@@ -216,6 +216,20 @@ impl Upstream {
         }
     }
 
+    /// [`Upstream::start_pick`] unless `cap` picks are already in flight.
+    pub(crate) fn try_start_pick(&self, cap: u32) -> bool {
+        let taken = self
+            .inflight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok();
+        if taken && self.shared.hash_mode == crate::HashMode::Bounded {
+            self.shared.inflight.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
     /// Called exactly once per [`Picked`](crate::Picked), which owns the increment.
     pub(crate) fn end_pick(&self) {
         self.inflight.fetch_sub(1, Ordering::Relaxed);

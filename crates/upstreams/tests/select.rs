@@ -499,3 +499,42 @@ fn bounded_balance_factor_is_checked() {
         .validate()
         .is_err());
 }
+
+/// `max_inflight` (nginx's `max_conns`): a full upstream is skipped like a busy one, a hashed
+/// key walks on from a full home, nothing is picked when all are full, and a released slot is
+/// taken again; the limit changes with `set_limits`.
+#[test]
+fn max_inflight_skips_full_upstreams() {
+    let limits = exact().with_max_inflight(2);
+    let (l, _) = list("10.0.0.1,10.0.0.2,10.0.0.3", limits.clone());
+    for rotation in [
+        Rotation::RoundRobin,
+        Rotation::P2c,
+        Rotation::Random,
+        Rotation::Hashed,
+    ] {
+        let held: Vec<_> = (0..6).map(|_| l.get(rotation, b"k").unwrap()).collect();
+        assert!(
+            l.upstreams().iter().all(|u| u.inflight() == 2),
+            "{rotation}"
+        );
+        assert!(l.get(rotation, b"k").is_none(), "{rotation}");
+        drop(held);
+    }
+    // A hashed key's home full: the key goes elsewhere, and comes back once a slot frees.
+    let home = l.get(Rotation::Hashed, b"user").unwrap().name().to_owned();
+    let a = l.get(Rotation::Hashed, b"user").unwrap();
+    let b = l.get(Rotation::Hashed, b"user").unwrap();
+    assert_eq!((a.name(), b.name()), (home.as_str(), home.as_str()));
+    let c = l.get(Rotation::Hashed, b"user").unwrap();
+    assert_ne!(c.name(), home);
+    drop(a);
+    assert_eq!(l.get(Rotation::Hashed, b"user").unwrap().name(), home);
+    drop((b, c));
+    // Lifted at runtime.
+    l.set_limits(limits.with_max_inflight(0)).unwrap();
+    let held: Vec<_> = (0..9)
+        .map(|_| l.get(Rotation::RoundRobin, b"").unwrap())
+        .collect();
+    assert_eq!(held.len(), 9);
+}

@@ -110,6 +110,11 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
                 "idle_closed": l.stats.idle_closed.load(Ordering::Relaxed),
                 "accept_errors": l.stats.accept_errors.load(Ordering::Relaxed),
                 "proxy_protocol_rejected": l.stats.proxy_rejected.load(Ordering::Relaxed),
+                "queued_total": l.stats.queued_total.load(Ordering::Relaxed),
+                "queued": l.stats.queued.load(Ordering::Relaxed),
+                "queue_timeouts": l.stats.queue_timeouts.load(Ordering::Relaxed),
+                "connections": l.stats.connections.load(Ordering::Relaxed),
+                "accept_paused": l.stats.accept_paused.load(Ordering::Relaxed),
                 "upstreams": upstreams,
             })
         })
@@ -455,6 +460,51 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
         "Clients closed for a missing, late or malformed PROXY protocol header.",
         &mut per_listener("upstreams_listener_proxy_protocol_rejected_total", &|s| {
             s.proxy_rejected.load(Ordering::Relaxed)
+        })
+        .into_iter(),
+    );
+    family(
+        "upstreams_listener_queued_total",
+        "counter",
+        "Clients that found every upstream at max_conns and waited.",
+        &mut per_listener("upstreams_listener_queued_total", &|s| {
+            s.queued_total.load(Ordering::Relaxed)
+        })
+        .into_iter(),
+    );
+    family(
+        "upstreams_listener_queue_timeouts_total",
+        "counter",
+        "Clients closed after waiting queue_timeout for a free upstream.",
+        &mut per_listener("upstreams_listener_queue_timeouts_total", &|s| {
+            s.queue_timeouts.load(Ordering::Relaxed)
+        })
+        .into_iter(),
+    );
+    family(
+        "upstreams_listener_queued",
+        "gauge",
+        "Clients waiting for a free upstream now.",
+        &mut per_listener("upstreams_listener_queued", &|s| {
+            s.queued.load(Ordering::Relaxed).max(0) as u64
+        })
+        .into_iter(),
+    );
+    family(
+        "upstreams_listener_connections",
+        "gauge",
+        "Clients being served now.",
+        &mut per_listener("upstreams_listener_connections", &|s| {
+            s.connections.load(Ordering::Relaxed).max(0) as u64
+        })
+        .into_iter(),
+    );
+    family(
+        "upstreams_listener_accept_paused_total",
+        "counter",
+        "Times the listener stopped accepting at max_connections.",
+        &mut per_listener("upstreams_listener_accept_paused_total", &|s| {
+            s.accept_paused.load(Ordering::Relaxed)
         })
         .into_iter(),
     );

@@ -29,6 +29,11 @@
 //!                                   # header (v1 or v2), whose client address is used
 //! proxy_protocol_timeout = 10.0     # seconds for that header to arrive whole
 //! send_proxy = "v2"                 # or "v1": a PROXY header ahead of each backend connection
+//! max_conns = 0                     # sessions per upstream (nginx's max_conns); 0 = no limit
+//! queue_timeout = 1.0               # with max_conns: how long a client waits for a free
+//!                                   # upstream before it is closed (default connect_timeout)
+//! max_connections = 0               # clients per listener; above it the proxy stops
+//!                                   # accepting (the kernel's backlog holds the rest)
 //!
 //! [listener.health_check]           # optional active checks
 //! type = "send-expect"              # "tcp", "send-expect" (send, expect) or "http" (path,
@@ -118,6 +123,15 @@ pub(crate) struct ListenerConfig {
     /// Send a PROXY protocol header ahead of every backend connection.
     #[serde(default)]
     pub(crate) send_proxy: Option<super::proxy_protocol::Version>,
+    /// Sessions per upstream; 0 = no limit.
+    #[serde(default)]
+    pub(crate) max_conns: u32,
+    /// Seconds a client waits for an upstream under `max_conns`.
+    #[serde(default, deserialize_with = "upstreams::seconds::optional")]
+    pub(crate) queue_timeout: Option<f64>,
+    /// Clients served at once by this listener; 0 = no limit.
+    #[serde(default)]
+    pub(crate) max_connections: u32,
     #[serde(default)]
     pub(crate) limits: upstreams::LimitsConfig,
     /// Active health checks (`[listener.health_check]`); none when absent.
@@ -232,6 +246,12 @@ pub(crate) struct Settings {
     pub(crate) accept_proxy: Option<Duration>,
     /// Write a PROXY protocol header to every backend connection.
     pub(crate) send_proxy: Option<super::proxy_protocol::Version>,
+    /// Sessions per upstream (0: no limit); also the list's `max_inflight`.
+    pub(crate) max_conns: u32,
+    /// How long a client waits when every upstream is at `max_conns`.
+    pub(crate) queue_timeout: Duration,
+    /// Clients served at once (0: no limit).
+    pub(crate) max_connections: usize,
 }
 
 impl ListenerConfig {
@@ -283,15 +303,26 @@ impl ListenerConfig {
             );
         }
         // The core's one reading of limits: the same names as the Lua cfg table.
+        if self.max_conns != 0 {
+            limits = limits.with_max_inflight(self.max_conns);
+        }
         let limits = self.limits.apply(limits).with_context(|| what("limits"))?;
+        let connect_timeout = positive_secs(&what("connect_timeout"), self.connect_timeout)?;
+        let queue_timeout = match self.queue_timeout {
+            Some(v) => secs(&what("queue_timeout"), v)?,
+            None => connect_timeout,
+        };
         Ok(Settings {
+            max_conns: limits.max_inflight,
+            queue_timeout,
+            max_connections: self.max_connections as usize,
             listen: self.listen.clone(),
             definition,
             rotation,
             limits,
             retries: self.retries,
             retry_on: RetryPolicy::from_list(&self.retry_on),
-            connect_timeout: positive_secs(&what("connect_timeout"), self.connect_timeout)?,
+            connect_timeout,
             answer_timeout: Some(secs(&what("answer_timeout"), self.answer_timeout)?)
                 .filter(|d| !d.is_zero()),
             idle_timeout: positive_secs(&what("idle_timeout"), self.idle_timeout)?,

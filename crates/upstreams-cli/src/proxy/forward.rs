@@ -32,6 +32,10 @@ pub(crate) struct Listener {
     settings: RwLock<Arc<Settings>>,
     pub(crate) stats: Arc<Stats>,
     stop: Notify,
+    /// Signalled when a session ends: a client queued under `max_conns` tries again.
+    slot_freed: Notify,
+    /// Signalled when a client closes: accepting resumes under `max_connections`.
+    conn_freed: Notify,
 }
 
 /// Open client sessions across listeners, for draining on shutdown.
@@ -101,6 +105,8 @@ impl Listener {
             settings: RwLock::new(Arc::new(settings)),
             stats,
             stop: Notify::new(),
+            slot_freed: Notify::new(),
+            conn_freed: Notify::new(),
         }))
     }
 
@@ -205,6 +211,9 @@ impl Listener {
 
     pub(crate) async fn accept_loop(self: Arc<Self>, acceptor: Acceptor, sessions: Arc<Sessions>) {
         loop {
+            if !self.room_to_accept().await {
+                break;
+            }
             tokio::select! {
                 _ = self.stop.notified() => break,
                 accepted = acceptor.accept() => {
@@ -219,12 +228,18 @@ impl Listener {
                         }
                     };
                     self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.stats.connections.fetch_add(1, Ordering::Relaxed);
                     sessions.open.fetch_add(1, Ordering::SeqCst);
                     let guard = SessionGuard(Arc::clone(&sessions));
                     let me = Arc::clone(&self);
                     tokio::spawn(async move {
                         let started = Instant::now();
                         let (tally, peer) = me.serve(client, peer).await;
+                        me.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                        // Wake a queued client (`max_conns`) and a paused accept loop
+                        // (`max_connections`); a permit is kept when nobody waits.
+                        me.slot_freed.notify_one();
+                        me.conn_freed.notify_one();
                         if let Some(log) = super::access::LOG.get() {
                             let client = PeerName(peer).to_string();
                             log.session(&me.bound.to_string(), &client, &tally, started.elapsed());
@@ -235,6 +250,62 @@ impl Listener {
             }
         }
         tracing::info!(listener = %self.listen, "stopped accepting");
+    }
+
+    /// Waits while the listener serves `max_connections` clients (the kernel's backlog holds
+    /// the next ones meanwhile). False when the listener is stopping.
+    async fn room_to_accept(&self) -> bool {
+        let mut paused = false;
+        loop {
+            let max = self.settings().max_connections;
+            let open = usize::try_from(self.stats.connections.load(Ordering::Relaxed)).unwrap_or(0);
+            if max == 0 || open < max {
+                return true;
+            }
+            if !paused {
+                paused = true;
+                self.stats.accept_paused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(listener = %self.listen, max, "max_connections reached; not accepting");
+            }
+            // A reload may raise the limit: look again now and then.
+            tokio::select! {
+                _ = self.stop.notified() => {
+                    // Keep the stop for the accept loop's own wait.
+                    self.stop.notify_one();
+                    return false;
+                }
+                _ = self.conn_freed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// A pick for a client that found every upstream at `max_conns`: waits, in the order
+    /// clients arrived, for a session to end, up to `queue_timeout`. `None` when the time ran
+    /// out (or nothing is selectable any more).
+    async fn wait_in_queue(&self, settings: &Settings, key: &[u8]) -> Option<upstreams::Picked> {
+        self.stats.queued_total.fetch_add(1, Ordering::Relaxed);
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let deadline = Instant::now() + settings.queue_timeout;
+        let picked = loop {
+            let freed = self.slot_freed.notified();
+            if let Some(p) = self.list.get(settings.rotation, key) {
+                break Some(p);
+            }
+            let now = Instant::now();
+            if now >= deadline || self.list.alive_count() == 0 {
+                break None;
+            }
+            // A missed wake-up costs at most 50 ms.
+            let nap = (deadline - now).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(nap, freed).await;
+        };
+        self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        if picked.is_some() {
+            // Another queued client may fit as well.
+            self.slot_freed.notify_one();
+        }
+        picked
     }
 
     /// One client: its PROXY protocol header first when the listener expects one (the
@@ -333,7 +404,19 @@ impl Listener {
         };
         for _attempt in 0..=settings.retries {
             let picked = match &previous {
-                None => self.list.get(settings.rotation, key),
+                None => match self.list.get(settings.rotation, key) {
+                    None if settings.max_conns != 0 && self.list.alive_count() > 0 => {
+                        let waited = self.wait_in_queue(&settings, key).await;
+                        if waited.is_none() && self.list.alive_count() > 0 {
+                            self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "every upstream at max_conns for queue_timeout; closing");
+                            tally.outcome = "queue-timeout";
+                            return tally;
+                        }
+                        waited
+                    }
+                    picked => picked,
+                },
                 Some(prev) => {
                     tried.push(Arc::clone(prev));
                     self.retry_pick(prev, &tried, settings.rotation, key)

@@ -85,6 +85,18 @@ pub(crate) struct Args {
     /// Send a PROXY protocol header (v1 or v2) ahead of every backend connection.
     #[arg(long, value_enum)]
     send_proxy: Option<proxy_protocol::Version>,
+    /// Sessions per upstream (nginx's max_conns): a full upstream is skipped; when all are
+    /// full a client waits up to --queue-timeout. 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    max_conns: u32,
+    /// Seconds a client waits for a free upstream under --max-conns (default: the connect
+    /// timeout).
+    #[arg(long, value_parser = upstreams::parse_seconds)]
+    queue_timeout: Option<f64>,
+    /// Clients served at once by the listener; above it the proxy stops accepting and the
+    /// kernel's backlog holds the rest. 0: no limit.
+    #[arg(long, default_value_t = 0)]
+    max_connections: u32,
     /// Active health checks: `tcp`, `http:/PATH` or `send-expect:SEND:EXPECT` (escapes \r \n
     /// \t \\ \0 \xHH; a colon inside SEND or EXPECT is \x3a).
     #[arg(long)]
@@ -199,6 +211,9 @@ fn config_from_args(args: &Args, definition: String, listen: ListenAddr) -> Resu
             accept_proxy: args.accept_proxy,
             proxy_protocol_timeout: args.proxy_protocol_timeout,
             send_proxy: args.send_proxy,
+            max_conns: args.max_conns,
+            queue_timeout: args.queue_timeout,
+            max_connections: args.max_connections,
             limits: {
                 let mut limits = upstreams::LimitsConfig::default();
                 limits.revive_time = args.revive_time;

@@ -75,6 +75,16 @@ pub(crate) struct Stats {
     pub(crate) accept_errors: AtomicU64,
     /// Clients closed for a missing, late or malformed PROXY protocol header.
     pub(crate) proxy_rejected: AtomicU64,
+    /// Clients that found every upstream at `max_conns` and waited.
+    pub(crate) queued_total: AtomicU64,
+    /// Clients waiting now.
+    pub(crate) queued: AtomicI64,
+    /// Clients closed after waiting `queue_timeout`.
+    pub(crate) queue_timeouts: AtomicU64,
+    /// Clients being served now (accepted, not yet closed).
+    pub(crate) connections: AtomicI64,
+    /// Times the listener stopped accepting at `max_connections`.
+    pub(crate) accept_paused: AtomicU64,
 }
 
 impl Stats {

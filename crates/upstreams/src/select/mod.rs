@@ -183,6 +183,10 @@ impl Members {
         if alive == 0 {
             return None;
         }
+        let cap = shared.max_inflight.load(Ordering::Relaxed);
+        if cap != 0 {
+            return self.select_capped(rotation, key, except, shared, cap);
+        }
         // `alive` counts the members of the current snapshot: it vouches for this one only
         // while this one is current (a snapshot held across a reload may hold drained
         // members, and the reload may have added more than it drained).
@@ -217,6 +221,22 @@ impl Members {
         }
         let ups = &self.upstreams;
         let ok = |i: usize| Some(i) != except && ups[i].is_alive();
+        self.select_by(rotation, key, shared, ok)
+    }
+
+    /// [`Members::select`] under `max_inflight`: a full member is skipped like an
+    /// unselectable one.
+    #[inline(never)]
+    fn select_capped(
+        &self,
+        rotation: Rotation,
+        key: &[u8],
+        except: Option<usize>,
+        shared: &Shared,
+        cap: u32,
+    ) -> Option<usize> {
+        let ups = &self.upstreams;
+        let ok = |i: usize| Some(i) != except && ups[i].inflight() < cap && ups[i].is_alive();
         self.select_by(rotation, key, shared, ok)
     }
 
