@@ -164,6 +164,45 @@ fn drain(shared: &Shared, up: &Upstream) {
 }
 
 impl UpstreamList {
+    /// Takes a member out of selection until [`UpstreamList::undrain`] (an operator's drain):
+    /// no new picks, those in flight go on, [`State::Draining`](crate::State::Draining) is
+    /// shown, and health reports leave it drained. Fires `offline` when it was alive. False
+    /// when `upstream` is not a member of this list or is drained already.
+    pub fn drain(&self, upstream: &Upstream) -> bool {
+        let _writer = self.rebuild_lock();
+        let member = self
+            .members_full()
+            .upstreams
+            .iter()
+            .any(|u| std::ptr::eq(u.as_ref(), upstream));
+        if !member || health::tag(upstream.state.load(Ordering::Acquire)) == health::DRAINING {
+            return false;
+        }
+        drain(self.shared(), upstream);
+        true
+    }
+
+    /// Brings a drained member back into selection at once; fires `online`. False when
+    /// `upstream` is not a drained member of this list (an upstream a reload removed stays
+    /// out).
+    pub fn undrain(&self, upstream: &Upstream) -> bool {
+        let _writer = self.rebuild_lock();
+        let member = self
+            .members_full()
+            .upstreams
+            .iter()
+            .any(|u| std::ptr::eq(u.as_ref(), upstream));
+        let shared = self.shared();
+        let now = shared.now_ns();
+        if member && shared.try_transition(upstream, health::DRAINING, health::ALIVE, now) {
+            shared.emit(Event::Online, upstream, upstream.errors());
+            return true;
+        }
+        false
+    }
+}
+
+impl UpstreamList {
     /// Applies a changed definition (a configuration reload) without losing health: an
     /// upstream whose entry is unchanged keeps its state, error counts and in-flight picks; an
     /// unchanged SRV entry keeps its current members; new entries join (names `Pending`,

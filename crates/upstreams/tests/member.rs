@@ -306,3 +306,41 @@ fn typed_entries_and_update() {
     assert!(!l.find("10.0.0.2:80").unwrap().is_alive(), "health kept");
     assert_eq!(l.rotation(), Some(Rotation::RoundRobin), "rotation kept");
 }
+
+/// An operator's drain: no new picks while drained (picks in flight go on), health reports
+/// leave it drained, undrain brings it back; a non-member or a removed upstream is refused.
+#[test]
+fn drain_and_undrain_by_an_operator() {
+    let (l, _) = common::list("10.0.0.1,10.0.0.2", common::exact());
+    let log = common::record(&l);
+    let a = l.upstreams()[0].clone();
+    let b_name = l.upstreams()[1].name().to_owned();
+    let held = l.get(Rotation::RoundRobin, b"").unwrap();
+    assert!(l.drain(&a));
+    assert!(!l.drain(&a), "drained already");
+    assert_eq!(a.state(), upstreams::State::Draining);
+    assert_eq!(l.alive_count(), 1);
+    for _ in 0..10 {
+        assert_eq!(l.get(Rotation::RoundRobin, b"").unwrap().name(), b_name);
+    }
+    a.fail(upstreams::FailKind::Other, "ignored while drained");
+    a.ok();
+    assert_eq!(a.state(), upstreams::State::Draining);
+    drop(held);
+    assert!(l.undrain(&a));
+    assert!(!l.undrain(&a));
+    assert_eq!(l.alive_count(), 2);
+    let names: std::collections::HashSet<String> = (0..4)
+        .map(|_| l.get(Rotation::RoundRobin, b"").unwrap().name().to_owned())
+        .collect();
+    assert_eq!(names.len(), 2);
+    let events = log.lock().unwrap().clone();
+    assert!(
+        events.iter().any(|e| e.starts_with("offline")),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e.starts_with("online")), "{events:?}");
+    // Not a member of this list.
+    let (other, _) = common::list("10.0.0.9", common::exact());
+    assert!(!l.drain(&other.upstreams()[0]));
+}

@@ -1,5 +1,12 @@
 //! The admin listener: `/metrics` (Prometheus text), `/status` (HTML that refreshes itself)
 //! and `/status.json`.
+//!
+//! Bounded, so that it can never starve the proxy: at most [`MAX_CONNECTIONS`] connections
+//! (more are closed at once), a request head must arrive within [`HEADER_TIMEOUT`], a
+//! connection lives at most [`CONNECTION_LIFETIME`], and no page grows with the size of a
+//! list beyond [`PAGE`] upstreams per listener (`/status.json?offset=N&limit=M` pages through
+//! the rest; `/metrics` drops per-upstream series for listeners above that size unless asked
+//! with `?per_upstream=all`).
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -16,6 +23,141 @@ use serde_json::{json, Value};
 use super::stats::BUCKETS;
 use super::Proxy;
 
+/// Admin connections served at once; more are closed on accept.
+pub(crate) const MAX_CONNECTIONS: usize = 64;
+/// Time for a request head to arrive (each request of a kept-alive connection).
+pub(crate) const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest life of one admin connection.
+pub(crate) const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+/// Upstreams per listener in one page of `/status.json` and `/status`, and the list size
+/// above which `/metrics` leaves out per-upstream series.
+pub(crate) const PAGE: usize = 1000;
+
+/// Serves the admin router on `tcp` within the bounds above.
+pub(crate) async fn serve(tcp: tokio::net::TcpListener, app: Router) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match tcp.accept().await {
+            Ok(a) => a,
+            Err(err) => {
+                tracing::warn!(%err, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+            continue;
+        };
+        // The peer's address reaches handlers (write requests are for loopback clients).
+        let app = app.clone().layer(axum::Extension(Peer(peer)));
+        let service = hyper_util::service::TowerToHyperService::new(app);
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The address of an admin client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(std::net::SocketAddr);
+
+/// `POST /listeners/{listen}/upstreams/{name}/drain` or `…/enable` (with `admin_write`, from
+/// loopback): drain takes the upstream out of selection, sessions in progress go on, shown as
+/// `draining`; enable brings it back. `listen` is the listener's address as `/status.json`
+/// shows it (percent-encoded when it holds a `/`).
+async fn write_upstream(
+    State(proxy): State<Arc<Proxy>>,
+    axum::Extension(Peer(peer)): axum::Extension<Peer>,
+    axum::extract::Path((listen, name, action)): axum::extract::Path<(String, String, String)>,
+) -> (axum::http::StatusCode, String) {
+    use axum::http::StatusCode;
+    if !proxy.admin_write.load(Ordering::Relaxed) {
+        return (
+            StatusCode::FORBIDDEN,
+            "read-only admin listener (start with --admin-write, or admin_write = true)\n".into(),
+        );
+    }
+    if !peer.ip().to_canonical().is_loopback() {
+        tracing::warn!(%peer, "admin write request from another host refused");
+        return (
+            StatusCode::FORBIDDEN,
+            "write requests are taken from loopback clients only\n".into(),
+        );
+    }
+    let listeners = proxy.listeners();
+    let Some(l) = listeners
+        .iter()
+        .find(|l| l.bound.to_string() == listen || l.listen.to_string() == listen)
+    else {
+        return (StatusCode::NOT_FOUND, format!("no listener {listen:?}\n"));
+    };
+    let Some(up) = l.list.find(&name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("listener {listen}: no upstream {name:?}\n"),
+        );
+    };
+    let figures = l.stats.upstream(&name);
+    let (done, verb) = match action.as_str() {
+        "drain" => {
+            // Marked first: the list's `offline` event then logs a drain, not a removal.
+            let was = figures.drained_by_admin.swap(true, Ordering::Relaxed);
+            let done = l.list.drain(&up);
+            if !done {
+                figures.drained_by_admin.store(was, Ordering::Relaxed);
+            }
+            (done, "drained")
+        }
+        "enable" => {
+            let done = l.list.undrain(&up);
+            if done {
+                figures.drained_by_admin.store(false, Ordering::Relaxed);
+            }
+            (done, "enabled")
+        }
+        other => {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("unknown action {other:?} (drain or enable)\n"),
+            )
+        }
+    };
+    let state = up.state().name();
+    if done {
+        tracing::info!(listener = %l.bound, upstream = %name, %peer, "{verb} by the admin API");
+        (StatusCode::OK, format!("{name}: {verb}; state {state}\n"))
+    } else {
+        (
+            StatusCode::CONFLICT,
+            format!("{name}: nothing to do, state {state}\n"),
+        )
+    }
+}
+
+/// `?offset=N&limit=M` of `/status.json` and `/status`.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(default)]
+pub(crate) struct Paging {
+    offset: usize,
+    limit: usize,
+}
+
+impl Default for Paging {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            limit: PAGE,
+        }
+    }
+}
+
 pub(crate) fn router(proxy: Arc<Proxy>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -24,6 +166,10 @@ pub(crate) fn router(proxy: Arc<Proxy>) -> Router {
         .route("/", get(status_html))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(
+            "/listeners/{listen}/upstreams/{name}/{action}",
+            axum::routing::post(write_upstream),
+        )
         .with_state(proxy)
 }
 
@@ -51,17 +197,21 @@ async fn readyz(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
     }
 }
 
-/// Everything the pages show, as JSON (the HTML page renders the same data).
-pub(crate) fn snapshot(proxy: &Proxy) -> Value {
+/// Everything the pages show, as JSON (the HTML page renders the same data): one page of
+/// each listener's upstreams.
+pub(crate) fn snapshot(proxy: &Proxy, paging: Paging) -> Value {
+    let limit = paging.limit.min(PAGE);
     let listeners: Vec<Value> = proxy
         .listeners()
         .iter()
         .map(|l| {
             let settings = l.settings();
             let checker = l.checker();
-            let upstreams: Vec<Value> = l
-                .shown_upstreams()
+            let shown = l.shown_upstreams();
+            let upstreams: Vec<Value> = shown
                 .iter()
+                .skip(paging.offset)
+                .take(limit)
                 .map(|up| {
                     let s = l.stats.upstream(up.name());
                     let last_change = s.last_change().map(|(at, what)| {
@@ -115,6 +265,8 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
                 "queue_timeouts": l.stats.queue_timeouts.load(Ordering::Relaxed),
                 "connections": l.stats.connections.load(Ordering::Relaxed),
                 "accept_paused": l.stats.accept_paused.load(Ordering::Relaxed),
+                "upstreams_total": shown.len(),
+                "offset": paging.offset,
                 "upstreams": upstreams,
             })
         })
@@ -126,8 +278,11 @@ pub(crate) fn snapshot(proxy: &Proxy) -> Value {
     })
 }
 
-async fn status_json(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
-    axum::Json(snapshot(&proxy))
+async fn status_json(
+    State(proxy): State<Arc<Proxy>>,
+    axum::extract::Query(paging): axum::extract::Query<Paging>,
+) -> impl IntoResponse {
+    axum::Json(snapshot(&proxy, paging))
 }
 
 fn escape(s: &str) -> String {
@@ -137,8 +292,11 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-async fn status_html(State(proxy): State<Arc<Proxy>>) -> Html<String> {
-    let snap = snapshot(&proxy);
+async fn status_html(
+    State(proxy): State<Arc<Proxy>>,
+    axum::extract::Query(paging): axum::extract::Query<Paging>,
+) -> Html<String> {
+    let snap = snapshot(&proxy, paging);
     let mut page = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
          <title>upstreams status</title><style>body{font-family:sans-serif;margin:2em}\
@@ -212,16 +370,39 @@ async fn status_html(State(proxy): State<Arc<Proxy>>) -> Html<String> {
             );
         }
         page.push_str("</table>");
+        let total = l["upstreams_total"].as_u64().unwrap_or(0);
+        let shown = l["upstreams"].as_array().map_or(0, Vec::len) as u64;
+        if shown < total {
+            let _ = write!(
+                page,
+                "<p>upstreams {}–{} of {total} (<code>?offset=N</code> for others)</p>",
+                paging.offset + 1,
+                paging.offset as u64 + shown
+            );
+        }
     }
     page.push_str("</body></html>");
     Html(page)
 }
 
-async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
+/// `?per_upstream=all` of `/metrics`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub(crate) struct MetricsQuery {
+    per_upstream: Option<String>,
+}
+
+async fn metrics(
+    State(proxy): State<Arc<Proxy>>,
+    axum::extract::Query(query): axum::extract::Query<MetricsQuery>,
+) -> impl IntoResponse {
     let listeners = proxy.listeners();
-    // Every (listener, upstream, figures) once, so each family's samples stay together.
+    let all = query.per_upstream.as_deref() == Some("all");
+    // Every (listener, upstream, figures) once, so each family's samples stay together; a
+    // listener with more than PAGE upstreams gives its listener-level series only.
     let rows: Vec<_> = listeners
         .iter()
+        .filter(|l| all || l.list.len() <= PAGE)
         .flat_map(|l| {
             l.shown_upstreams().into_iter().map(move |up| {
                 let s = l.stats.upstream(up.name());
@@ -462,6 +643,39 @@ async fn metrics(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
             s.proxy_rejected.load(Ordering::Relaxed)
         })
         .into_iter(),
+    );
+    family(
+        "upstreams_listener_upstreams",
+        "gauge",
+        "Upstreams configured (per-upstream series are left out above 1000 unless \
+         /metrics?per_upstream=all).",
+        &mut listeners
+            .iter()
+            .map(|l| {
+                format!(
+                    "upstreams_listener_upstreams{{listener=\"{}\"}} {}",
+                    l.bound,
+                    l.list.len()
+                )
+            })
+            .collect::<Vec<_>>()
+            .into_iter(),
+    );
+    family(
+        "upstreams_listener_upstreams_alive",
+        "gauge",
+        "Upstreams selectable now.",
+        &mut listeners
+            .iter()
+            .map(|l| {
+                format!(
+                    "upstreams_listener_upstreams_alive{{listener=\"{}\"}} {}",
+                    l.bound,
+                    l.list.alive_count()
+                )
+            })
+            .collect::<Vec<_>>()
+            .into_iter(),
     );
     family(
         "upstreams_listener_queued_total",

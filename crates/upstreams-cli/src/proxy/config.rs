@@ -2,6 +2,8 @@
 //!
 //! ```toml
 //! admin = "127.0.0.1:9100"          # optional admin listener (/metrics, /status, /status.json)
+//! admin_write = false               # true: POST /listeners/{listen}/upstreams/{name}/drain
+//!                                   # and …/enable are served (loopback clients only)
 //! access_log = "/var/log/upstreams/access.log"   # or "-" (stderr); SIGUSR1 reopens it
 //! log_format = "text"               # or "json"
 //! dns = "system"                    # or "127.0.0.1:5353"; used when a list names hosts
@@ -70,6 +72,9 @@ pub(crate) struct Config {
     #[serde(default)]
     pub(crate) log_format: Option<super::access::Format>,
     pub(crate) admin: Option<SocketAddr>,
+    /// The admin listener takes write requests (drain / enable), from loopback clients.
+    #[serde(default)]
+    pub(crate) admin_write: bool,
     pub(crate) dns: Option<String>,
     #[serde(
         default = "default_drain",

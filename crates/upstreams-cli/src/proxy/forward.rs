@@ -82,6 +82,15 @@ impl Listener {
         let (listen, figures) = (bound.clone(), Arc::clone(&stats));
         let events: Events = [Event::Online, Event::Offline].into_iter().collect();
         list.add_watcher(events, move |event, up, errors| {
+            let by_admin = figures
+                .upstream(up.name())
+                .drained_by_admin
+                .load(Ordering::Relaxed);
+            if up.state() == upstreams::State::Draining && by_admin {
+                tracing::info!(listener = %listen, upstream = up.name(), "upstream drained; sessions in progress go on");
+                figures.upstream(up.name()).changed("drained");
+                return;
+            }
             // A reload's removal reaches watchers as `offline`; it is no outage.
             if up.state() == upstreams::State::Draining {
                 tracing::info!(listener = %listen, upstream = up.name(), "upstream removed by reload; draining");

@@ -125,6 +125,10 @@ pub(crate) struct Args {
     /// Admin listener for /metrics, /status and /status.json.
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Allow the admin listener's write requests (POST …/drain, …/enable), from loopback
+    /// clients only.
+    #[arg(long)]
+    admin_write: bool,
     /// Nameservers for names in definitions (`system` or `ip[:port],…`).
     #[arg(long)]
     dns: Option<String>,
@@ -146,6 +150,8 @@ pub(crate) struct Args {
 /// The running proxy, shared with the admin pages.
 pub(crate) struct Proxy {
     listeners: RwLock<Vec<Arc<Listener>>>,
+    /// `admin_write`: the admin listener takes drain / enable requests (from loopback).
+    pub(crate) admin_write: std::sync::atomic::AtomicBool,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) started: Instant,
 }
@@ -194,6 +200,7 @@ fn config_from_args(args: &Args, definition: String, listen: ListenAddr) -> Resu
         access_log: None,
         log_format: None,
         admin: args.admin,
+        admin_write: args.admin_write,
         dns: args.dns.clone(),
         drain_timeout: args.drain_timeout,
         listeners: vec![ListenerConfig {
@@ -321,6 +328,7 @@ async fn serve(args: &Args) -> Result<()> {
         let _ = access::LOG.set(log);
     }
     let proxy = Arc::new(Proxy {
+        admin_write: std::sync::atomic::AtomicBool::new(config.admin_write),
         listeners: RwLock::default(),
         sessions: Arc::default(),
         started: Instant::now(),
@@ -349,6 +357,9 @@ async fn serve(args: &Args) -> Result<()> {
                                 tracing::warn!("access_log and log_format take effect on restart only");
                             }
                             apply(&proxy, &mut running, plan);
+                            proxy
+                                .admin_write
+                                .store(new.admin_write, std::sync::atomic::Ordering::Relaxed);
                             config = new;
                             tracing::info!("reloaded {}", path.display());
                         }
@@ -538,12 +549,12 @@ fn apply(proxy: &Arc<Proxy>, running: &mut Running, plan: Plan) {
             println!(
                 "admin: http://{bound}/status  http://{bound}/metrics  http://{bound}/status.json"
             );
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "the admin listener is reachable from other hosts: its pages show \
+                    every upstream; bind it to a loopback address or firewall it");
+            }
             let app = admin::router(Arc::clone(proxy));
-            let task = tokio::spawn(async move {
-                if let Err(err) = axum::serve(tcp, app).await {
-                    tracing::error!(%err, "admin listener failed");
-                }
-            });
+            let task = tokio::spawn(admin::serve(tcp, app));
             running.admin = Some((addr, task));
         }
     }

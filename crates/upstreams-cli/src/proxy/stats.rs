@@ -19,6 +19,8 @@ pub(crate) struct UpStats {
     pub(crate) connect_failures: AtomicU64,
     /// Failures after a connect: closed or silent before answering, reset after answering.
     pub(crate) session_failures: AtomicU64,
+    /// Drained through the admin API (not removed by a reload).
+    pub(crate) drained_by_admin: std::sync::atomic::AtomicBool,
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_nanos: AtomicU64,
