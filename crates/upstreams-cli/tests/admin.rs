@@ -151,3 +151,73 @@ async fn the_admin_listener_is_bounded() {
     })
     .await;
 }
+
+/// `/metrics` passes `promtool check metrics` (the Prometheus text format and its naming
+/// rules), with every family present: traffic, a retry, health checks, process figures;
+/// OpenMetrics when the scraper asks for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool() {
+    let b = backend("b", "127.0.0.1:0");
+    let dead = free_port();
+    let p = proxy(
+        &format!("{},{dead}", b.addrs[0]),
+        &["--health-check", "tcp", "--check-interval", "0.2"],
+    );
+    let (listen, admin) = (p.addrs[0], p.addrs[1]);
+    for _ in 0..4 {
+        let _ = request(listen).await;
+    }
+    wait_until("a check round", Duration::from_secs(5), async || {
+        admin_get(admin, "/metrics")
+            .await
+            .contains("upstreams_upstream_check_up{")
+    })
+    .await;
+    let metrics = admin_get(admin, "/metrics").await;
+    for family in [
+        "upstreams_build_info{",
+        "upstreams_upstream_picks_total{",
+        "upstreams_upstream_received_bytes_total{",
+        "upstreams_upstream_connect_seconds_bucket{",
+        "upstreams_upstream_check_up{",
+        "upstreams_listener_retries_total{",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian: apt-get install prometheus)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // OpenMetrics on request.
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(
+        b"GET /metrics HTTP/1.1\r\nHost: a\r\nAccept: application/openmetrics-text\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.contains("application/openmetrics-text"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}

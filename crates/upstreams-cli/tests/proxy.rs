@@ -247,8 +247,8 @@ async fn relay_streams_both_ways_and_passes_half_close() {
     };
     wait_until("byte counters", Duration::from_secs(3), async || {
         let metrics = admin_get(admin, "/metrics").await;
-        figure(&metrics, "upstreams_upstream_bytes_out_total") == total as u64
-            && figure(&metrics, "upstreams_upstream_bytes_in_total") == total as u64
+        figure(&metrics, "upstreams_upstream_sent_bytes_total") == total as u64
+            && figure(&metrics, "upstreams_upstream_received_bytes_total") == total as u64
     })
     .await;
 }

@@ -427,6 +427,7 @@ impl Listener {
                     picked => picked,
                 },
                 Some(prev) => {
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tried.push(Arc::clone(prev));
                     self.retry_pick(prev, &tried, settings.rotation, key)
                 }

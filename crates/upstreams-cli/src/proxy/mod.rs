@@ -5,6 +5,7 @@ mod access;
 mod admin;
 mod config;
 mod forward;
+mod metrics;
 mod net;
 mod proxy_protocol;
 mod stats;

@@ -77,6 +77,8 @@ pub(crate) struct Stats {
     pub(crate) accept_errors: AtomicU64,
     /// Clients closed for a missing, late or malformed PROXY protocol header.
     pub(crate) proxy_rejected: AtomicU64,
+    /// Tries on another upstream after a failed one.
+    pub(crate) retries: AtomicU64,
     /// Clients that found every upstream at `max_conns` and waited.
     pub(crate) queued_total: AtomicU64,
     /// Clients waiting now.
