@@ -41,7 +41,9 @@ events {{ worker_connections 4096; }}
     return prefix, conf
 
 
-def start_backend(i, port):
+def start_backend(i, port, proxy_protocol=False):
+    """An nginx HTTP backend; with `proxy_protocol`, its listener expects a PROXY header."""
+    pp = " proxy_protocol" if proxy_protocol else ""
     prefix, conf = nginx_conf(f"backend{i}", f"""
 http {{
     access_log off;
@@ -51,7 +53,7 @@ http {{
     uwsgi_temp_path {WORK}/backend{i}/uwsgi;
     scgi_temp_path {WORK}/backend{i}/scgi;
     keepalive_requests 1000000;
-    server {{ listen 127.0.0.1:{port}; location / {{ return 200 "backend {i}\\n"; }} }}
+    server {{ listen 127.0.0.1:{port}{pp}; location / {{ return 200 "backend {i}\\n"; }} }}
 }}""")
     p = subprocess.Popen(["nginx", "-p", prefix, "-c", conf], stderr=subprocess.DEVNULL)
     wait_port(port)
