@@ -251,7 +251,7 @@ pub(crate) fn snapshot(proxy: &Proxy, paging: Paging) -> Value {
                 .collect();
             json!({
                 "listen": l.bound.to_string(),
-                "definition": l.list.to_string(),
+                "definition": shortened(l.list.to_string()),
                 "rotation": l.list.rotation().unwrap_or(settings.rotation).to_string(),
                 "accepted": l.stats.accepted.load(Ordering::Relaxed),
                 "refused": l.stats.refused.load(Ordering::Relaxed),
@@ -275,6 +275,22 @@ pub(crate) fn snapshot(proxy: &Proxy, paging: Paging) -> Value {
         "open_sessions": proxy.sessions.open(),
         "listeners": listeners,
     })
+}
+
+/// A definition as the pages show it: whole up to 4 KiB, else its start and how much more
+/// (a list of 2^18 upstreams is a 3.7 MB definition).
+fn shortened(mut text: String) -> String {
+    const SHOWN: usize = 4096;
+    if text.len() > SHOWN {
+        let mut cut = SHOWN;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let more = text.len() - cut;
+        text.truncate(cut);
+        text.push_str(&format!("… ({more} more bytes)"));
+    }
+    text
 }
 
 async fn status_json(
