@@ -37,7 +37,7 @@
 //! tokio's timer and `FuturesUnordered`, and the rules above are the product.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod probe;
 mod settings;

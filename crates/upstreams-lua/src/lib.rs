@@ -19,7 +19,7 @@
 //! so keys shard exactly as rspamd shards them.
 
 #![deny(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod cfg;
 mod list;

@@ -40,7 +40,7 @@
 //! - `online` fires on revival; `success` on every `ok()`; each transition fires once.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod clock;
 pub mod event;
