@@ -263,11 +263,20 @@ impl Definition {
         let first = self.entries.len();
         for (i, (offset, token)) in tokens(text, body_start).enumerate() {
             let index = i + 1;
-            let entry = parse_entry(token, default_port).map_err(|kind| ParseError::Entry {
-                index,
-                text: clip(token),
-                offset,
-                kind,
+            let entry = parse_entry(token, default_port).map_err(|kind| {
+                let kind = match kind {
+                    // `bogus:1.2.3.4`: the first entry of a line, a word, then a host.
+                    ParseErrorKind::InvalidPort | ParseErrorKind::TooManyFields if i == 0 => {
+                        misread_prefix(token).unwrap_or(kind)
+                    }
+                    kind => kind,
+                };
+                ParseError::Entry {
+                    index,
+                    text: clip(token),
+                    offset,
+                    kind,
+                }
             })?;
             self.entries.push(entry);
         }
@@ -396,8 +405,33 @@ pub enum ParseErrorKind {
     #[error("host name too long (at most 253 bytes)")]
     HostTooLong,
     /// `service=` without `svc+domain`.
-    #[error("SRV entry must be service=<service>+<domain>")]
+    #[error("SRV entry must be service=<service>+<domain>[:weight] (the port comes from the SRV records)")]
     InvalidSrv,
+    /// `word:host…` at the start of a definition: a rotation prefix that is not one.
+    #[error(
+        "unknown rotation prefix {0:?} (expected random, hash, round-robin, master-slave, \
+         sequential or p2c)"
+    )]
+    UnknownPrefix(String),
+    /// An IPv6 address with a zone (`fe80::1%eth0`).
+    #[error(
+        "IPv6 zone ids ({0:?}) are not supported: use a global or unique-local address, not a \
+         link-local one"
+    )]
+    ZoneId(String),
+    /// An unbracketed IPv6 address whose last group reads as a port as well (`::1:80`).
+    #[error(
+        "ambiguous: the IPv6 address {whole} or {address} port {port}? Write [{address}]:{port} \
+         for a port, or [{whole}] for the address"
+    )]
+    AmbiguousIpv6 {
+        /// The whole text as an address.
+        whole: String,
+        /// The text before the last colon, as an address.
+        address: String,
+        /// The last group, as a port.
+        port: String,
+    },
 }
 
 /// Recognises a rotation prefix; returns it and where the entries start.
@@ -452,7 +486,31 @@ fn clip(token: &str) -> String {
     format!("{}…", &token[..end])
 }
 
+/// `word:rest` where `word` could only be a (mistyped) rotation prefix: letters and dashes,
+/// followed by something that is a host, not a port.
+fn misread_prefix(token: &str) -> Option<ParseErrorKind> {
+    let (word, rest) = token.split_once(':')?;
+    let wordy = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-');
+    let hosty = rest.starts_with('[')
+        || rest.starts_with('/')
+        || rest
+            .split(':')
+            .next()
+            .is_some_and(|h| parse_host(h).is_ok() && parse_decimal(h).is_none());
+    (wordy && hosty).then(|| ParseErrorKind::UnknownPrefix(word.to_owned()))
+}
+
 fn parse_entry(token: &str, default_port: u16) -> Result<Entry, ParseErrorKind> {
+    if let Some(at) = token.find('%') {
+        if token.contains(':') {
+            let zone = token[at..]
+                .split([']', ':'])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            return Err(ParseErrorKind::ZoneId(zone));
+        }
+    }
     if token.len() >= 8 && token.as_bytes()[..8].eq_ignore_ascii_case(b"service=") {
         return parse_srv(&token[8..], default_port);
     }
@@ -471,6 +529,20 @@ fn parse_entry(token: &str, default_port: u16) -> Result<Entry, ParseErrorKind> 
     }
     if token.bytes().filter(|&b| b == b':').count() >= 2 {
         if let Ok(v6) = token.parse::<Ipv6Addr>() {
+            // `::1:80`: also `::1` port 80. Only brackets can tell.
+            if let Some((address, port)) = token.rsplit_once(':') {
+                if address.parse::<Ipv6Addr>().is_ok()
+                    && !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && parse_port(port).is_ok()
+                {
+                    return Err(ParseErrorKind::AmbiguousIpv6 {
+                        whole: token.to_owned(),
+                        address: address.to_owned(),
+                        port: port.to_owned(),
+                    });
+                }
+            }
             return Ok(Entry {
                 name: token.to_owned(),
                 text: token.to_owned(),

@@ -300,3 +300,38 @@ proptest! {
         }
     }
 }
+
+/// Issue #14's newcomer errors: each names what is wrong, not a symptom.
+#[test]
+fn newcomer_mistakes_get_their_own_reasons() {
+    let reason = |d: &str| {
+        upstreams::Definition::parse(d, 80)
+            .unwrap_err()
+            .kind()
+            .unwrap()
+            .to_string()
+    };
+    assert!(reason("bogus:1.2.3.4").starts_with("unknown rotation prefix \"bogus\""));
+    assert!(reason("roundrobin:[::1]:80").starts_with("unknown rotation prefix \"roundrobin\""));
+    // A host and a bad port in the middle of a list stay a bad port.
+    assert_eq!(reason("10.0.0.1,redis:abc"), "port is not a number");
+    assert!(reason("fe80::1%eth0").contains("zone ids (\"%eth0\")"));
+    assert!(reason("[fe80::1%2]:80").contains("zone ids (\"%2\")"));
+    let ambiguous = reason("::1:80");
+    assert!(
+        ambiguous.contains("[::1]:80") && ambiguous.contains("[::1:80]"),
+        "{ambiguous}"
+    );
+    assert!(reason("service=x").contains("the port comes from the SRV records"));
+    // Still fine: unambiguous IPv6, names with ports, prefixes.
+    for ok in [
+        "::1",
+        "2001:db8::1",
+        "[::1]:80",
+        "[::1:80]",
+        "redis:6379",
+        "p2c:10.0.0.1:80",
+    ] {
+        assert!(upstreams::Definition::parse(ok, 80).is_ok(), "{ok}");
+    }
+}
