@@ -42,6 +42,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod builder;
 pub mod clock;
 pub mod event;
 pub mod health;
@@ -53,6 +54,7 @@ pub mod select;
 mod sync;
 pub mod upstream;
 
+pub use builder::ListBuilder;
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use event::{Event, Events};
 pub use health::State;

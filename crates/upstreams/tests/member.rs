@@ -344,3 +344,45 @@ fn drain_and_undrain_by_an_operator() {
     let (other, _) = common::list("10.0.0.9", common::exact());
     assert!(!l.drain(&other.upstreams()[0]));
 }
+
+/// `UpstreamList::builder()` gives the list the same definition string would: same names,
+/// weights, rotation and key mapping.
+#[test]
+fn builder_matches_the_parsed_definition() {
+    let parsed = upstreams::UpstreamList::parse(
+        "round-robin:10.0.0.1:80:3,10.0.0.2:80,cache.internal:6379",
+        80,
+        exact(),
+    )
+    .unwrap();
+    let built = upstreams::UpstreamList::builder()
+        .rotation(Rotation::RoundRobin)
+        .entry(upstreams::Entry::socket("10.0.0.1:80".parse().unwrap()).with_weight(3))
+        .entries([
+            upstreams::Entry::socket("10.0.0.2:80".parse().unwrap()),
+            upstreams::Entry::named("cache.internal", 6379).unwrap(),
+        ])
+        .limits(exact())
+        .build()
+        .unwrap();
+    let describe = |l: &upstreams::UpstreamList| {
+        l.upstreams()
+            .iter()
+            .map(|u| (u.name().to_owned(), u.weight(), u.state()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(describe(&built), describe(&parsed));
+    assert_eq!(built.rotation(), parsed.rotation());
+    for k in 0..200 {
+        let key = format!("k{k}");
+        let a = built
+            .snapshot()
+            .select(Rotation::Hashed, key.as_bytes())
+            .map(|u| u.name().to_owned());
+        let b = parsed
+            .snapshot()
+            .select(Rotation::Hashed, key.as_bytes())
+            .map(|u| u.name().to_owned());
+        assert_eq!(a, b);
+    }
+}
