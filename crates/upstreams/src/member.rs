@@ -192,9 +192,29 @@ impl UpstreamList {
             .upstreams
             .iter()
             .any(|u| std::ptr::eq(u.as_ref(), upstream));
+        if !member {
+            return false;
+        }
         let shared = self.shared();
+        // A name drained before its first answer goes back to waiting for it: alive without
+        // an address would be picked and fail.
+        if upstream.entry().host().needs_resolution() && upstream.addrs().is_empty() {
+            let back = upstream
+                .state
+                .compare_exchange(
+                    health::DRAINING,
+                    health::PENDING,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+            if back {
+                shared.health_changed();
+            }
+            return back;
+        }
         let now = shared.now_ns();
-        if member && shared.try_transition(upstream, health::DRAINING, health::ALIVE, now) {
+        if shared.try_transition(upstream, health::DRAINING, health::ALIVE, now) {
             shared.emit(Event::Online, upstream, upstream.errors());
             return true;
         }

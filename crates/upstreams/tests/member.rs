@@ -343,6 +343,14 @@ fn drain_and_undrain_by_an_operator() {
     // Not a member of this list.
     let (other, _) = common::list("10.0.0.9", common::exact());
     assert!(!l.drain(&other.upstreams()[0]));
+    // A name not resolved yet goes back to waiting for its addresses, not to alive.
+    let (named, _) = common::list("cache.internal,10.0.0.1", common::exact());
+    let pending = named.upstreams()[0].clone();
+    assert_eq!(pending.state(), upstreams::State::Pending);
+    assert!(named.drain(&pending));
+    assert!(named.undrain(&pending));
+    assert_eq!(pending.state(), upstreams::State::Pending);
+    assert_eq!(named.alive_count(), 1);
 }
 
 /// `UpstreamList::builder()` gives the list the same definition string would: same names,
