@@ -62,6 +62,8 @@ pub struct Upstream {
     /// Latency estimate in seconds (`f64` bits); `u64::MAX` = no sample yet.
     latency: AtomicU64,
     latency_at: Mutex<Option<u64>>,
+    /// The reason given with the latest [`Upstream::fail`], for watchers and status pages.
+    last_failure: Mutex<Option<Box<str>>>,
     pub(crate) tokens: crate::select::tokens::Bucket,
     addrs: Mutex<Addrs>,
     resolve_wanted: AtomicBool,
@@ -110,6 +112,7 @@ impl Upstream {
             revived_at: AtomicU64::new(u64::MAX),
             latency: AtomicU64::new(NO_SAMPLE),
             latency_at: Mutex::new(None),
+            last_failure: Mutex::new(None),
             addrs: Mutex::new(Addrs { slots, cur: 0 }),
             resolve_wanted: AtomicBool::new(false),
             shared,
@@ -189,6 +192,11 @@ impl Upstream {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// The reason given with the latest failure report, if any.
+    pub fn last_failure(&self) -> Option<String> {
+        lock(&self.last_failure).as_deref().map(str::to_owned)
+    }
+
     /// Picks handed out ([`Picked`](crate::Picked)) and not yet ended.
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
@@ -266,9 +274,10 @@ impl Upstream {
     }
 
     /// Reports a failure (SPEC.md §4): counts it in the error window and may take the
-    /// upstream offline; `reason` travels to logs only.
+    /// upstream offline. `reason` is kept as [`Upstream::last_failure`], so a watcher of
+    /// `failure` / `offline` (or a status page) can say why.
     pub fn fail(&self, kind: FailKind, reason: &str) {
-        let _ = reason;
+        *lock(&self.last_failure) = Some(reason.into());
         if kind == FailKind::Address {
             if let Some(slot) = lock(&self.addrs).current_mut() {
                 slot.errors = slot.errors.saturating_add(1);

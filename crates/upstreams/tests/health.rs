@@ -507,3 +507,24 @@ fn limits_config_applies_every_field_and_names_bad_ones() {
         assert!(err.contains(what), "{what}: {err}");
     }
 }
+
+/// `fail`'s reason is kept for watchers: the `offline` watcher can say why.
+#[test]
+fn the_failure_reason_reaches_watchers() {
+    let (l, _) = common::list(
+        "10.0.0.1,10.0.0.2",
+        common::exact().with_max_consecutive_errors(1),
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    l.add_watcher(upstreams::Event::Offline, move |_, up, _| {
+        sink.lock().unwrap().push(up.last_failure());
+    });
+    let up = l.upstreams()[0].clone();
+    assert_eq!(up.last_failure(), None);
+    up.fail(upstreams::FailKind::Address, "connect refused");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [Some("connect refused".to_owned())]
+    );
+}

@@ -236,6 +236,7 @@ pub(crate) fn snapshot(proxy: &Proxy, paging: Paging) -> Value {
                         "state": up.state().name(),
                         "weight": up.weight(),
                         "errors": up.errors(),
+                        "last_failure": up.last_failure(),
                         "inflight": up.inflight(),
                         "addresses": up.addrs().iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
                         "picks": s.picks.load(Ordering::Relaxed),

@@ -97,7 +97,12 @@ impl Listener {
                 figures.upstream(up.name()).changed("removed");
                 return;
             }
-            tracing::info!(listener = %listen, upstream = up.name(), errors, "upstream {event}");
+            match (event, up.last_failure()) {
+                (Event::Offline, Some(reason)) => {
+                    tracing::info!(listener = %listen, upstream = up.name(), errors, %reason, "upstream {event}")
+                }
+                _ => tracing::info!(listener = %listen, upstream = up.name(), errors, "upstream {event}"),
+            }
             figures.upstream(up.name()).changed(event.name());
         });
         let checker = settings
