@@ -230,8 +230,17 @@ impl UpstreamList {
     /// follows the new definition. Limits are not changed by a reload (build a new list for
     /// that). Picks in progress are never disturbed.
     pub fn reconfigure(&self, definition: &crate::parse::Definition) -> MembershipChange {
+        let writer = self.rebuild_lock();
+        self.reconfigure_locked(&writer, definition)
+    }
+
+    /// [`UpstreamList::reconfigure`] with the rebuild lock held by the caller.
+    fn reconfigure_locked(
+        &self,
+        _writer: &crate::sync::MutexGuard<'_, ()>,
+        definition: &crate::parse::Definition,
+    ) -> MembershipChange {
         let mut change = MembershipChange::default();
-        let _writer = self.rebuild_lock();
         let current = self.members_full();
         let old_entries = self.definition_entries();
         let shared = self.shared();
@@ -319,6 +328,40 @@ impl UpstreamList {
         let definition =
             crate::parse::Definition::from_entries(self.rotation(), entries.into_iter().collect());
         self.reconfigure(&definition)
+    }
+}
+
+/// One membership change from a discovery source (Kubernetes endpoints, Consul, a file
+/// watcher): the shape of tower's `discover::Change`, keyed by the upstream's name.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Adds the entry, or replaces the entry of the same name (a weight change keeps its
+    /// upstream's health, as [`UpstreamList::update`] does).
+    Insert(Entry),
+    /// Removes the entry of this name (its upstream drains); unknown names are ignored.
+    Remove(String),
+}
+
+impl UpstreamList {
+    /// Applies discovery changes in one swap (a batch of them, in order): a discovery task
+    /// calls it with what its source reported since the last call. Calls are serialised with
+    /// each other and with reloads, so two sources cannot lose each other's changes.
+    pub fn apply(&self, changes: impl IntoIterator<Item = Change>) -> MembershipChange {
+        let writer = self.rebuild_lock();
+        let mut entries: Vec<Entry> = self.definition_entries().as_ref().clone();
+        for change in changes {
+            match change {
+                Change::Insert(entry) => {
+                    match entries.iter_mut().find(|e| e.name() == entry.name()) {
+                        Some(slot) => *slot = entry,
+                        None => entries.push(entry),
+                    }
+                }
+                Change::Remove(name) => entries.retain(|e| e.name() != name),
+            }
+        }
+        let definition = crate::parse::Definition::from_entries(self.rotation(), entries);
+        self.reconfigure_locked(&writer, &definition)
     }
 }
 

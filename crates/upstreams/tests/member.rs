@@ -394,3 +394,39 @@ fn builder_matches_the_parsed_definition() {
         assert_eq!(a, b);
     }
 }
+
+/// Discovery changes (`Change::Insert` / `Remove`, tower's `discover::Change` shape) drive a
+/// list from a channel: joins, a weight change that keeps health, a removal that drains.
+#[test]
+fn discovery_changes_from_a_channel() {
+    use upstreams::{Change, Entry};
+    let (l, _) = list("10.0.0.1:80", exact().with_max_consecutive_errors(0));
+    let (tx, rx) = std::sync::mpsc::channel::<Change>();
+    let socket = |s: &str| Entry::socket(s.parse().unwrap());
+    // A source reports, a task applies what arrived since its last turn.
+    tx.send(Change::Insert(socket("10.0.0.2:80"))).unwrap();
+    tx.send(Change::Insert(socket("10.0.0.3:80"))).unwrap();
+    let change = l.apply(rx.try_iter());
+    assert_eq!(change.added, ["10.0.0.2:80", "10.0.0.3:80"]);
+    assert_eq!(l.len(), 3);
+    // Health survives a weight change.
+    let b = l.find("10.0.0.2:80").unwrap();
+    b.fail(FailKind::Other, "one error");
+    tx.send(Change::Insert(socket("10.0.0.2:80").with_weight(5)))
+        .unwrap();
+    let change = l.apply(rx.try_iter());
+    assert_eq!(change.reweighted, ["10.0.0.2:80"]);
+    let b2 = l.find("10.0.0.2:80").unwrap();
+    assert!(std::sync::Arc::ptr_eq(&b, &b2));
+    assert_eq!(b2.errors(), 1);
+    assert_eq!(b2.weight(), 5);
+    // A removal drains; an unknown name is ignored.
+    tx.send(Change::Remove("10.0.0.1:80".into())).unwrap();
+    tx.send(Change::Remove("nope".into())).unwrap();
+    let gone = l.find("10.0.0.1:80").unwrap();
+    let change = l.apply(rx.try_iter());
+    assert_eq!(change.removed, ["10.0.0.1:80"]);
+    assert_eq!(gone.state(), State::Draining);
+    assert_eq!(l.len(), 2);
+    assert!(l.apply(rx.try_iter()).is_empty());
+}
