@@ -14,23 +14,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A real server process, killed when dropped.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn listening(addr: SocketAddr, what: &str) {
-    wait_until(what, Duration::from_secs(10), async || {
-        TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
-}
-
 async fn upstream_json(admin: SocketAddr, listener: usize, name: &str) -> serde_json::Value {
     let status: serde_json::Value =
         serde_json::from_str(&admin_get(admin, "/status.json").await).unwrap();

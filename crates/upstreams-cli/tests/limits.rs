@@ -12,21 +12,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// An echo backend: sends back every byte it reads.
-async fn echo_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    addr
-}
-
 /// A client that has said `word` and heard it back: a session in progress.
 async fn open_session(listen: SocketAddr, word: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(listen).await.unwrap();

@@ -193,23 +193,6 @@ async fn sigterm_stops_accepting_and_drains_open_sessions() {
     }
 }
 
-/// An echo backend in this test: it sends back every byte it reads and half-closes when the
-/// client has (after the echo of the last byte).
-async fn echo_backend() -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
 /// The relay after the first answer: 1 MiB each way on one connection (many times the
 /// buffers), written while the echo is read back; then the client half-closes, the echo's
 /// end still arrives, and the byte counters in /metrics add up to what went through.

@@ -17,28 +17,11 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A real server process, killed when dropped.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("upstreams-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-async fn listening(addr: SocketAddr, what: &str) {
-    wait_until(what, Duration::from_secs(10), async || {
-        TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
 }
 
 /// nginx answering every request with `$proxy_protocol_addr` read from a PROXY protocol

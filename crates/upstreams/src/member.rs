@@ -164,17 +164,21 @@ fn drain(shared: &Shared, up: &Upstream) {
 }
 
 impl UpstreamList {
+    /// Whether `upstream` is one of this list's current members (not a drained one).
+    fn is_member(&self, upstream: &Upstream) -> bool {
+        self.members_full()
+            .upstreams
+            .iter()
+            .any(|u| std::ptr::eq(u.as_ref(), upstream))
+    }
+
     /// Takes a member out of selection until [`UpstreamList::undrain`] (an operator's drain):
     /// no new picks, those in flight go on, [`State::Draining`](crate::State::Draining) is
     /// shown, and health reports leave it drained. Fires `offline` when it was alive. False
     /// when `upstream` is not a member of this list or is drained already.
     pub fn drain(&self, upstream: &Upstream) -> bool {
         let _writer = self.rebuild_lock();
-        let member = self
-            .members_full()
-            .upstreams
-            .iter()
-            .any(|u| std::ptr::eq(u.as_ref(), upstream));
+        let member = self.is_member(upstream);
         if !member || health::tag(upstream.state.load(Ordering::Acquire)) == health::DRAINING {
             return false;
         }
@@ -187,11 +191,7 @@ impl UpstreamList {
     /// out).
     pub fn undrain(&self, upstream: &Upstream) -> bool {
         let _writer = self.rebuild_lock();
-        let member = self
-            .members_full()
-            .upstreams
-            .iter()
-            .any(|u| std::ptr::eq(u.as_ref(), upstream));
+        let member = self.is_member(upstream);
         if !member {
             return false;
         }

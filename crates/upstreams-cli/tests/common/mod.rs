@@ -232,3 +232,38 @@ pub async fn listener_figure(admin: SocketAddr, name: &str) -> u64 {
         serde_json::from_str(&admin_get(admin, "/status.json").await).unwrap();
     status["listeners"][0][name].as_u64().unwrap()
 }
+
+/// A real server process, killed when dropped.
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something accepts connections on `addr`.
+pub async fn listening(addr: SocketAddr, what: &str) {
+    wait_until(what, Duration::from_secs(10), async || {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+}
+
+/// An echo backend in this process: it sends back every byte it reads and half-closes when the
+/// client has (after the echo of the last byte).
+pub async fn echo_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
