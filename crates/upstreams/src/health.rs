@@ -171,6 +171,11 @@ impl Window {
         }
     }
 
+    /// Whether the window counts anything a success would reset.
+    pub(crate) fn is_open(&self) -> bool {
+        self.errors > 0 || self.consecutive > 0
+    }
+
     /// A success closes the window.
     pub(crate) fn ok(&mut self) {
         self.errors = 0;

@@ -59,7 +59,7 @@ pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use event::{Event, Events};
 pub use health::State;
 pub use limits::{parse_seconds, seconds, HashMode, Limits, LimitsConfig, MAX_CONFIG_SECONDS};
-pub use list::{Picked, Snapshot, UpstreamList};
+pub use list::{Picked, Snapshot, UpstreamList, MAX_EXCLUDED};
 pub use member::{Change, MembershipChange, SrvTarget};
 pub use parse::{Definition, Entry, Host, ParseError, ParseErrorKind};
 pub use select::Rotation;

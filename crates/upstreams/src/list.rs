@@ -1,5 +1,7 @@
 //! The list: membership snapshot, health counters, and the pick entry points.
 
+use std::any::Any;
+use std::borrow::Borrow;
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::Deref;
@@ -52,7 +54,16 @@ pub(crate) struct Shared {
     pub(crate) next_revive: AtomicU64,
     /// Bumped after every state transition (see `select::down`).
     pub(crate) health_epoch: AtomicU64,
+    /// Makes the value an upstream carries ([`UpstreamList::set_values`]). A plain mutex:
+    /// it is read when an upstream joins, never by a pick.
+    values: std::sync::Mutex<Option<Arc<ValueMaker>>>,
 }
+
+/// What [`UpstreamList::set_values`] keeps: a maker of per-upstream values, type-erased.
+type ValueMaker = dyn Fn(&Upstream) -> Box<dyn Any + Send + Sync> + Send + Sync;
+
+/// The most upstreams one [`UpstreamList::get_excluding`] keeps out of its pick.
+pub const MAX_EXCLUDED: usize = 16;
 
 /// Where a list's time comes from: the process's monotonic clock, read inline (a pick reads
 /// it whenever some upstream is offline), or an injected clock behind a virtual call.
@@ -74,6 +85,18 @@ impl Shared {
         match &self.clock {
             TimeSource::Monotonic(clock) => clock.now(),
             TimeSource::Injected(clock) => clock.now(),
+        }
+    }
+
+    /// Gives a new upstream its value, when the list carries values.
+    pub(crate) fn make_value(&self, up: &Upstream) {
+        let maker = self
+            .values
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(make) = maker {
+            up.set_value(make(up));
         }
     }
 
@@ -235,6 +258,7 @@ impl UpstreamList {
             members: AtomicUsize::new(entries.len()),
             next_revive: AtomicU64::new(u64::MAX),
             health_epoch: AtomicU64::new(0),
+            values: std::sync::Mutex::new(None),
         });
         let upstreams: Vec<Arc<Upstream>> = entries
             .iter()
@@ -383,26 +407,94 @@ impl UpstreamList {
         self.shared.watchers.add(events.into(), callback);
     }
 
+    /// Makes the list carry a value per upstream (a connection pool, a client): `make` runs
+    /// now for every upstream that has none yet, and later for each upstream that joins (a
+    /// reload, an SRV answer, [`apply`](UpstreamList::apply)). A value lives as long as its
+    /// upstream: a removed upstream drops it when its last [`Picked`] ends. Read it with
+    /// [`Upstream::value`] — on a [`Picked`] too — without any lookup: it sits in the
+    /// upstream itself, so a list without values pays nothing on the pick path.
+    ///
+    /// One value type per list: an upstream keeps the first value it was given.
+    ///
+    /// ```
+    /// use upstreams::{Limits, Rotation, UpstreamList};
+    ///
+    /// #[derive(Debug)]
+    /// struct Client(String);
+    ///
+    /// let list = UpstreamList::parse("10.0.0.1:80,10.0.0.2:80", 80, Limits::default())?;
+    /// list.set_values(|up| Client(format!("http://{}", up.name())));
+    /// let picked = list.get(Rotation::RoundRobin, b"").expect("an upstream");
+    /// let client: &Client = picked.value().expect("a value");
+    /// assert!(client.0.starts_with("http://10.0.0."));
+    /// picked.ok();
+    /// # Ok::<(), upstreams::Error>(())
+    /// ```
+    pub fn set_values<T, F>(&self, make: F)
+    where
+        T: Any + Send + Sync,
+        F: Fn(&Upstream) -> T + Send + Sync + 'static,
+    {
+        let make: Arc<ValueMaker> = Arc::new(move |up: &Upstream| Box::new(make(up)) as _);
+        {
+            // Set before the walk: an upstream joining meanwhile gets its value either way.
+            let _writer = self.rebuild_lock();
+            *self
+                .shared
+                .values
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::clone(&make));
+        }
+        for up in self.members.load().upstreams.iter() {
+            up.set_value(make(up));
+        }
+    }
+
     /// Picks with the list's own rotation when its definition named one, else `rotation`
     /// (rspamd's non-forced get). `key` matters for [`Rotation::Hashed`] only.
     pub fn get(&self, rotation: Rotation, key: &[u8]) -> Option<Picked> {
-        self.pick(self.rotation().unwrap_or(rotation), key, None)
+        self.pick::<&Upstream>(self.rotation().unwrap_or(rotation), key, &[])
     }
 
     /// Picks with `rotation` whatever the definition's prefix says.
     pub fn get_forced(&self, rotation: Rotation, key: &[u8]) -> Option<Picked> {
-        self.pick(rotation, key, None)
+        self.pick::<&Upstream>(rotation, key, &[])
     }
 
     /// Picks any upstream but `except` (for retries); returns `except` only when it is the
     /// one selectable upstream.
     pub fn get_except(&self, except: &Upstream, rotation: Rotation, key: &[u8]) -> Option<Picked> {
         let rotation = self.rotation().unwrap_or(rotation);
-        self.pick(rotation, key, Some(except)).or_else(|| {
+        self.pick(rotation, key, &[except]).or_else(|| {
             // Sequential's `None` is its end of round, not "nothing else selectable".
             let only_one = self.alive_count() <= 1;
             (rotation != Rotation::Sequential || only_one)
-                .then(|| self.pick(rotation, key, None))
+                .then(|| self.pick::<&Upstream>(rotation, key, &[]))
+                .flatten()
+        })
+    }
+
+    /// Picks an upstream that is none of `tried` (a retry after several attempts), or
+    /// `None` when every selectable upstream was tried: unlike [`get_except`] it never
+    /// hands back an upstream already tried. The list's own rotation wins, as in [`get`];
+    /// a hashed key moves to the next upstream of its own probe sequence. At most
+    /// [`MAX_EXCLUDED`] upstreams are honoured: beyond that, the earliest tried may be
+    /// picked again.
+    ///
+    /// [`get`]: UpstreamList::get
+    /// [`get_except`]: UpstreamList::get_except
+    pub fn get_excluding<U: Borrow<Upstream>>(
+        &self,
+        tried: &[U],
+        rotation: Rotation,
+        key: &[u8],
+    ) -> Option<Picked> {
+        let rotation = self.rotation().unwrap_or(rotation);
+        let tried = &tried[tried.len().saturating_sub(MAX_EXCLUDED)..];
+        self.pick(rotation, key, tried).or_else(|| {
+            // Sequential's `None` may be the end of its round: the cursor wrapped, ask again.
+            (rotation == Rotation::Sequential)
+                .then(|| self.pick(rotation, key, tried))
                 .flatten()
         })
     }
@@ -418,8 +510,16 @@ impl UpstreamList {
         Some(hand_out(&members.upstreams[index], cost))
     }
 
-    fn pick(&self, rotation: Rotation, key: &[u8], except: Option<&Upstream>) -> Option<Picked> {
+    #[inline]
+    fn pick<U: Borrow<Upstream>>(
+        &self,
+        rotation: Rotation,
+        key: &[u8],
+        except: &[U],
+    ) -> Option<Picked> {
         let members = self.members.load();
+        let mut slots = [0usize; MAX_EXCLUDED];
+        let except = excluded_slots(&members, except, &mut slots);
         let cap = self.shared.max_inflight.load(Ordering::Relaxed);
         if cap != 0 {
             return pick_capped(&members, &self.shared, rotation, key, except, cap);
@@ -466,7 +566,7 @@ fn pick_capped(
     shared: &Shared,
     rotation: Rotation,
     key: &[u8],
-    except: Option<&Upstream>,
+    except: &[usize],
     cap: u32,
 ) -> Option<Picked> {
     for _ in 0..4 {
@@ -492,27 +592,45 @@ fn hand_out(upstream: &Arc<Upstream>, tokens: u32) -> Picked {
     }
 }
 
-/// The index a pick returns: a due probe first, else the rotation's choice.
+/// The index a pick returns: a due probe first, else the rotation's choice among the
+/// members whose slots are not in `except`.
 #[inline]
 fn choose(
     members: &Members,
     shared: &Shared,
     rotation: Rotation,
     key: &[u8],
-    except: Option<&Upstream>,
+    except: &[usize],
 ) -> Option<usize> {
     if let Some(probe) = maintain(members, shared) {
         return Some(probe);
     }
-    let except = except.and_then(|e| {
+    members.select(rotation, key, except, shared)
+}
+
+/// The slots in `members` of the upstreams in `except` (at most [`MAX_EXCLUDED`]), written
+/// into `buf`; upstreams no longer members are left out.
+#[inline]
+fn excluded_slots<'b, U: Borrow<Upstream>>(
+    members: &Members,
+    except: &[U],
+    buf: &'b mut [usize; MAX_EXCLUDED],
+) -> &'b [usize] {
+    let mut len = 0;
+    for e in except.iter().take(MAX_EXCLUDED) {
+        let e = e.borrow();
         let same = |u: &Arc<Upstream>| std::ptr::eq(u.as_ref(), e);
         // The slot is current unless membership changed under us; then search.
-        match members.upstreams.get(e.index()) {
+        let slot = match members.upstreams.get(e.index()) {
             Some(u) if same(u) => Some(e.index()),
             _ => members.upstreams.iter().position(same),
+        };
+        if let Some(slot) = slot {
+            buf[len] = slot;
+            len += 1;
         }
-    });
-    members.select(rotation, key, except, shared)
+    }
+    &buf[..len]
 }
 
 /// Lazy revival (SPEC.md items 33–34): when some offline upstream's deadline has passed,
@@ -589,14 +707,14 @@ impl Snapshot {
     #[inline]
     pub fn select(&self, rotation: Rotation, key: &[u8]) -> Option<&Arc<Upstream>> {
         let rotation = self.rotation.unwrap_or(rotation);
-        let i = choose(&self.members, &self.shared, rotation, key, None)?;
+        let i = choose(&self.members, &self.shared, rotation, key, &[])?;
         Some(&self.members.upstreams[i])
     }
 
     /// Like [`UpstreamList::get_forced`] (the caller's rotation wins), without a handle.
     #[inline]
     pub fn select_forced(&self, rotation: Rotation, key: &[u8]) -> Option<&Arc<Upstream>> {
-        let i = choose(&self.members, &self.shared, rotation, key, None)?;
+        let i = choose(&self.members, &self.shared, rotation, key, &[])?;
         Some(&self.members.upstreams[i])
     }
 

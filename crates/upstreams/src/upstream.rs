@@ -1,8 +1,9 @@
 //! One upstream: its configuration, its atomic health and its addresses.
 
+use std::any::Any;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 use std::time::Duration;
@@ -54,6 +55,11 @@ pub struct Upstream {
     window: Mutex<Window>,
     /// Mirror of the window's error count for lock-free readers.
     errors: AtomicU32,
+    /// Whether the window counts anything (errors or a consecutive run), written under its
+    /// lock: a success with nothing to reset (the common case) takes no lock.
+    window_open: AtomicBool,
+    /// Whether some address has errors, written under the addresses' lock (same purpose).
+    addr_errors: AtomicBool,
     pub(crate) inflight: AtomicU32,
     /// Consecutive failed probes, for the probe backoff.
     probe_failures: AtomicU32,
@@ -69,6 +75,10 @@ pub struct Upstream {
     resolve_wanted: AtomicBool,
     shared: Arc<Shared>,
     me: Weak<Upstream>,
+    /// The value the list gave it ([`UpstreamList::set_values`]); set once.
+    ///
+    /// [`UpstreamList::set_values`]: crate::UpstreamList::set_values
+    value: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
 const NO_SAMPLE: u64 = u64::MAX;
@@ -97,7 +107,7 @@ impl Upstream {
         } else {
             health::ALIVE
         };
-        Arc::new_cyclic(|me| Self {
+        let up = Arc::new_cyclic(|me| Self {
             tokens: crate::select::tokens::Bucket::new(),
             weight: AtomicU32::new(u32::from(entry.weight())),
             entry,
@@ -107,6 +117,8 @@ impl Upstream {
             state: AtomicU64::new(initial),
             window: Mutex::default(),
             errors: AtomicU32::new(0),
+            window_open: AtomicBool::new(false),
+            addr_errors: AtomicBool::new(false),
             inflight: AtomicU32::new(0),
             probe_failures: AtomicU32::new(0),
             revived_at: AtomicU64::new(u64::MAX),
@@ -117,7 +129,24 @@ impl Upstream {
             resolve_wanted: AtomicBool::new(false),
             shared,
             me: me.clone(),
-        })
+            value: OnceLock::new(),
+        });
+        up.shared.make_value(&up);
+        up
+    }
+
+    /// The value the list carries for this upstream ([`UpstreamList::set_values`]), when it
+    /// carries values of type `T`.
+    ///
+    /// [`UpstreamList::set_values`]: crate::UpstreamList::set_values
+    #[inline]
+    pub fn value<T: Any>(&self) -> Option<&T> {
+        self.value.get()?.downcast_ref()
+    }
+
+    /// Sets the value unless one is set already.
+    pub(crate) fn set_value(&self, value: Box<dyn Any + Send + Sync>) {
+        let _first_wins = self.value.set(value);
     }
 
     /// The name rspamd gives it (`host`, `host:port`, the bracketed text, the socket path).
@@ -252,13 +281,21 @@ impl Upstream {
     /// This is the health report alone; [`Picked::ok`](crate::Picked::ok) also ends the
     /// pick's in-flight count.
     pub fn ok(&self) {
-        {
+        // A flag read as clear orders this success before a failure racing it: the same
+        // as taking the lock first.
+        if self.window_open.load(Ordering::Relaxed) {
             let mut window = lock(&self.window);
             window.ok();
             self.errors.store(0, Ordering::Relaxed);
+            self.window_open.store(false, Ordering::Relaxed);
         }
-        if let Some(slot) = lock(&self.addrs).current_mut() {
-            slot.errors = 0;
+        if self.addr_errors.load(Ordering::Relaxed) {
+            let mut addrs = lock(&self.addrs);
+            if let Some(slot) = addrs.current_mut() {
+                slot.errors = 0;
+            }
+            let left = addrs.slots.iter().any(|s| s.errors > 0);
+            self.addr_errors.store(left, Ordering::Relaxed);
         }
         if health::tag(self.state.load(Ordering::Relaxed)) == health::PROBING {
             self.probe_failures.store(0, Ordering::Relaxed);
@@ -279,8 +316,10 @@ impl Upstream {
     pub fn fail(&self, kind: FailKind, reason: &str) {
         *lock(&self.last_failure) = Some(reason.into());
         if kind == FailKind::Address {
-            if let Some(slot) = lock(&self.addrs).current_mut() {
+            let mut addrs = lock(&self.addrs);
+            if let Some(slot) = addrs.current_mut() {
                 slot.errors = slot.errors.saturating_add(1);
+                self.addr_errors.store(true, Ordering::Relaxed);
             }
         }
         let now = self.shared.now_ns();
@@ -295,6 +334,7 @@ impl Upstream {
             let mut window = lock(&self.window);
             let outcome = window.fail(now, &self.shared.limits.load(), self.shared.member_count());
             self.errors.store(window.errors, Ordering::Relaxed);
+            self.window_open.store(window.is_open(), Ordering::Relaxed);
             outcome
         };
         if outcome.opened || outcome.offline {

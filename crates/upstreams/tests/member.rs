@@ -430,3 +430,62 @@ fn discovery_changes_from_a_channel() {
     assert_eq!(l.len(), 2);
     assert!(l.apply(rx.try_iter()).is_empty());
 }
+
+#[test]
+fn per_upstream_values_follow_membership() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use upstreams::{Change, Entry};
+
+    static LIVE: AtomicUsize = AtomicUsize::new(0);
+    struct Client(String);
+    impl Client {
+        fn new(name: &str) -> Self {
+            LIVE.fetch_add(1, Ordering::SeqCst);
+            Client(format!("client of {name}"))
+        }
+    }
+    impl Drop for Client {
+        fn drop(&mut self) {
+            LIVE.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    let (list, _) = common::list("10.0.0.1:80,10.0.0.2:80", common::exact());
+    list.set_values(|up| Client::new(up.name()));
+    assert_eq!(
+        LIVE.load(Ordering::SeqCst),
+        2,
+        "existing upstreams get theirs at once"
+    );
+    let picked = list
+        .get(upstreams::Rotation::RoundRobin, b"")
+        .expect("pick");
+    let client: &Client = picked.value().expect("a value");
+    assert_eq!(client.0, format!("client of {}", picked.name()));
+    assert!(
+        picked.value::<String>().is_none(),
+        "another type is not there"
+    );
+    let held = picked.name().to_owned();
+    let entry = Entry::socket("10.0.0.3:80".parse().expect("addr"));
+    list.apply([Change::Insert(entry), Change::Remove(held.clone())]);
+    assert_eq!(
+        LIVE.load(Ordering::SeqCst),
+        3,
+        "a joining upstream gets one; the removed one is still held"
+    );
+    let joined = list.find("10.0.0.3:80").expect("joined");
+    assert_eq!(
+        joined.value::<Client>().expect("value").0,
+        "client of 10.0.0.3:80"
+    );
+    picked.ok();
+    assert_eq!(
+        LIVE.load(Ordering::SeqCst),
+        2,
+        "the removed upstream's value goes with its last pick"
+    );
+    drop(joined);
+    drop(list);
+    assert_eq!(LIVE.load(Ordering::SeqCst), 0);
+}

@@ -538,3 +538,51 @@ fn max_inflight_skips_full_upstreams() {
         .collect();
     assert_eq!(held.len(), 9);
 }
+
+#[test]
+fn get_excluding_never_repeats_a_tried_upstream() {
+    use std::sync::Arc;
+    use upstreams::Upstream;
+    for rotation in [
+        Rotation::RoundRobin,
+        Rotation::Random,
+        Rotation::MasterSlave,
+        Rotation::Hashed,
+        Rotation::Sequential,
+        Rotation::P2c,
+    ] {
+        let (list, _) = list(
+            "10.0.0.1:1:3,10.0.0.2:1,10.0.0.3:1:2,10.0.0.4:1,10.0.0.5:1",
+            exact(),
+        );
+        for key in [&b"k1"[..], b"other", b"x"] {
+            let mut tried: Vec<Arc<Upstream>> = Vec::new();
+            while let Some(p) = list.get_excluding(&tried, rotation, key) {
+                assert!(
+                    !tried.iter().any(|t| Arc::ptr_eq(t, p.upstream())),
+                    "{rotation:?} repeated {}",
+                    p.name()
+                );
+                tried.push(Arc::clone(p.upstream()));
+                p.ok();
+            }
+            assert_eq!(tried.len(), 5, "{rotation:?} tried every upstream once");
+        }
+    }
+}
+
+#[test]
+fn get_excluding_keeps_a_hashed_key_on_its_probe_sequence() {
+    let (list, _) = list("hash:10.0.0.1,10.0.0.2,10.0.0.3,10.0.0.4", exact());
+    let home = list.get(Rotation::Hashed, b"key").expect("home");
+    let second = list
+        .get_except(home.upstream(), Rotation::Hashed, b"key")
+        .expect("2nd");
+    let by_slice = list
+        .get_excluding(&[home.upstream().clone()], Rotation::Hashed, b"key")
+        .expect("2nd");
+    assert_eq!(second.name(), by_slice.name());
+    assert!(list
+        .get_excluding::<&upstreams::Upstream>(&[], Rotation::Hashed, b"key")
+        .is_some());
+}

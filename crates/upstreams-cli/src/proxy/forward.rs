@@ -648,9 +648,8 @@ impl Listener {
         (end, up, down)
     }
 
-    /// Any upstream but `prev`, preferring one not in `tried`: `get_except` excludes one
-    /// upstream, so draw again (each draw moves round-robin on) while the answer is one this
-    /// client already failed on; when only tried ones are left, the last draw stands.
+    /// An upstream this client has not tried (the core excludes every one in `tried`); when
+    /// only tried ones are left, any but `prev`.
     fn retry_pick(
         &self,
         prev: &Upstream,
@@ -658,23 +657,11 @@ impl Listener {
         rotation: upstreams::Rotation,
         key: &[u8],
     ) -> Option<upstreams::Picked> {
-        let mut draw = self.list.get_except(prev, rotation, key)?;
-        for _ in 0..self.list.len() {
-            if !tried.iter().any(|t| Arc::ptr_eq(t, draw.upstream())) {
-                break;
-            }
-            // Hashing and master-slave answer the same again: no point in drawing on.
-            if matches!(
-                self.list.rotation().unwrap_or(rotation),
-                upstreams::Rotation::Hashed | upstreams::Rotation::MasterSlave
-            ) {
-                break;
-            }
-            let again = self.list.get_except(prev, rotation, key)?;
-            draw.release();
-            draw = again;
-        }
-        Some(draw)
+        // An upstream not tried yet; when every one was, the core's usual retry answer
+        // (anything but the last, or the last when it is the only one left).
+        self.list
+            .get_excluding(tried, rotation, key)
+            .or_else(|| self.list.get_except(prev, rotation, key))
     }
 }
 

@@ -175,7 +175,7 @@ impl Members {
         &self,
         rotation: Rotation,
         key: &[u8],
-        except: Option<usize>,
+        except: &[usize],
         shared: &Shared,
     ) -> Option<usize> {
         let n = self.upstreams.len();
@@ -192,9 +192,10 @@ impl Members {
         // members, and the reload may have added more than it drained).
         if alive >= n && shared.generation.load(Ordering::Relaxed) == self.generation {
             // Everything healthy: no health test at all, only the exclusion if there is one.
-            return match except {
-                None => self.select_by(rotation, key, shared, |_| true),
-                Some(e) => self.select_by(rotation, key, shared, move |i| i != e),
+            return match *except {
+                [] => self.select_by(rotation, key, shared, |_| true),
+                [e] => self.select_by(rotation, key, shared, move |i| i != e),
+                _ => self.select_by(rotation, key, shared, |i| !except.contains(&i)),
             };
         }
         self.select_degraded(rotation, key, except, shared)
@@ -207,7 +208,7 @@ impl Members {
         &self,
         rotation: Rotation,
         key: &[u8],
-        except: Option<usize>,
+        except: &[usize],
         shared: &Shared,
     ) -> Option<usize> {
         // Acquire: transitions counted by this epoch are visible in the state words.
@@ -216,11 +217,11 @@ impl Members {
             // The bits are those of the current epoch: a transition they miss is one whose
             // compare-and-swap is landing right now, which a read of the state words could
             // miss as well (the pick then happened just before it).
-            let ok = |i: usize| Some(i) != except && bits.is_up(i);
+            let ok = |i: usize| bits.is_up(i) && !except.contains(&i);
             return self.select_by(rotation, key, shared, ok);
         }
         let ups = &self.upstreams;
-        let ok = |i: usize| Some(i) != except && ups[i].is_alive();
+        let ok = |i: usize| ups[i].is_alive() && !except.contains(&i);
         self.select_by(rotation, key, shared, ok)
     }
 
@@ -231,12 +232,12 @@ impl Members {
         &self,
         rotation: Rotation,
         key: &[u8],
-        except: Option<usize>,
+        except: &[usize],
         shared: &Shared,
         cap: u32,
     ) -> Option<usize> {
         let ups = &self.upstreams;
-        let ok = |i: usize| Some(i) != except && ups[i].inflight() < cap && ups[i].is_alive();
+        let ok = |i: usize| ups[i].inflight() < cap && ups[i].is_alive() && !except.contains(&i);
         self.select_by(rotation, key, shared, ok)
     }
 
