@@ -22,14 +22,71 @@
 #![deny(missing_docs)]
 
 mod cfg;
+mod fast;
 mod list;
 mod upstream;
 
-use mlua::{Lua, Result, Table};
+use mlua::{Lua, Result, Table, Value};
 
-/// Builds the module table (`create`) in `lua`.
+/// Builds the module table (`create`) in `lua`. Under LuaJIT (with its `ffi` library and
+/// unless `UPSTREAMS_LUA_FFI=0` is in the environment) the hot calls take the FFI path of
+/// `fast.rs`; the answers are the same either way.
 pub fn register(lua: &Lua) -> Result<Table> {
-    list::module(lua)
+    let module = list::module(lua)?;
+    if lua.globals().get::<Option<Table>>("jit")?.is_none()
+        || std::env::var_os("UPSTREAMS_LUA_FFI").is_some_and(|v| v == "0")
+    {
+        return Ok(module);
+    }
+    let (has_ffi, _): (bool, Value) = lua.load("return pcall(require, 'ffi')").call(())?;
+    if !has_ffi {
+        return Ok(module);
+    }
+    lua.load(include_str!("fast.lua"))
+        .set_name("=upstream_list/fast.lua")
+        .call((module, fast_table(lua)?))
+}
+
+/// What `fast.lua` is handed: the C functions' addresses and three mlua helpers.
+fn fast_table(lua: &Lua) -> Result<Table> {
+    let t = lua.create_table()?;
+    for (name, address) in fast::functions() {
+        t.set(
+            name,
+            Value::LightUserData(mlua::LightUserData(address.cast_mut().cast())),
+        )?;
+    }
+    t.set(
+        "handle",
+        lua.create_function(|_, ud: mlua::AnyUserData| {
+            ud.borrow::<list::LuaList>()?.core.fast_handle()
+        })?,
+    )?;
+    t.set(
+        "view",
+        lua.create_function(|lua, h: f64| match fast::upstream_of(h) {
+            Some(up) => Ok(Value::UserData(
+                lua.create_userdata(upstream::LuaUpstream::view(up, None))?,
+            )),
+            None => Ok(Value::Nil),
+        })?,
+    )?;
+    t.set(
+        "up_handle",
+        lua.create_function(|_, ud: mlua::AnyUserData| {
+            Ok(fast::handle_of(
+                ud.borrow::<upstream::LuaUpstream>()?.upstream(),
+            ))
+        })?,
+    )?;
+    t.set(
+        "deliver",
+        lua.create_function(|lua, ud: mlua::AnyUserData| {
+            let core = std::rc::Rc::clone(&ud.borrow::<list::LuaList>()?.core);
+            list::Core::deliver(&core, lua, &ud)
+        })?,
+    )?;
+    Ok(t)
 }
 
 /// Makes `require "upstream_list"` and `require "rspamd_upstream_list"` return the module in

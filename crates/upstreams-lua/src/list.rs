@@ -27,6 +27,16 @@ pub(crate) struct Core {
     /// A delivery is running: events raised by its callbacks are queued and delivered by
     /// that outermost call, in order, instead of by a nested one (no native recursion).
     delivering: Cell<bool>,
+    /// The list's handle on the FFI path (`fast.rs`), once asked for.
+    fast: Cell<Option<f64>>,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if let Some(h) = self.fast.get() {
+            crate::fast::unregister_list(h);
+        }
+    }
 }
 
 /// Most events one outermost delivery hands out: callbacks that raise an event for every
@@ -61,7 +71,24 @@ impl Core {
             queue,
             wanted,
             delivering: Cell::new(false),
+            fast: Cell::new(None),
         })
+    }
+
+    /// The list's handle on the FFI path, registered at the first call.
+    pub(crate) fn fast_handle(&self) -> Result<f64> {
+        if let Some(h) = self.fast.get() {
+            return Ok(h);
+        }
+        let h = crate::fast::register_list(Arc::clone(&self.list))
+            .ok_or_else(|| mlua::Error::runtime("upstream_list: too many lists"))?;
+        self.fast.set(Some(h));
+        Ok(h)
+    }
+
+    /// Whether some Lua watcher was added (before that, nothing is ever queued).
+    pub(crate) fn has_watchers(&self) -> bool {
+        self.wanted.load(Ordering::Relaxed) != 0
     }
 
     /// Runs the Lua watchers of `list` (the list's userdata) for every queued event. A
@@ -102,8 +129,8 @@ impl Core {
                     continue;
                 }
                 let callback: Function = pair.raw_get(2)?;
-                let wrapper =
-                    LuaUpstream::view(Arc::clone(&up), Rc::clone(core)).into_userdata(lua, list)?;
+                let wrapper = LuaUpstream::view(Arc::clone(&up), Some(Rc::clone(core)))
+                    .into_userdata(lua, list)?;
                 if let Err(err) = callback.call::<()>((event.name(), wrapper, errors)) {
                     eprintln!(
                         "upstream_list: {event} watcher for {} raised an error: {err}",
@@ -147,7 +174,11 @@ impl LuaList {
 /// A pick as the Lua API makes it: the list's prefix wins (rspamd), and a `random:` list
 /// balances by power of two choices, as rspamd 4.x serves it (SPEC.md item 47; the Rust
 /// `Rotation::Random` stays plainly random).
-fn lua_get(list: &UpstreamList, rotation: Rotation, key: &[u8]) -> Option<upstreams::Picked> {
+pub(crate) fn lua_get(
+    list: &UpstreamList,
+    rotation: Rotation,
+    key: &[u8],
+) -> Option<upstreams::Picked> {
     match list.rotation() {
         Some(Rotation::Random) => list.get_forced(Rotation::P2c, key),
         _ => list.get(rotation, key),
@@ -214,10 +245,16 @@ impl UserData for LuaList {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_function("get_upstream_by_hash", |lua, (ud, key): (Value, Value)| {
             let ud = this_list("get_upstream_by_hash", ud)?;
-            let key = match &key {
-                Value::String(_) | Value::Integer(_) | Value::Number(_) => lua
-                    .coerce_string(key.clone())?
-                    .ok_or_else(|| mlua::Error::runtime("get_upstream_by_hash: bad key"))?,
+            let this = ud.borrow::<LuaList>()?;
+            let picked = match &key {
+                // The string's own bytes, not a copy.
+                Value::String(s) => lua_get(&this.core.list, Rotation::Hashed, &s.as_bytes()),
+                Value::Integer(_) | Value::Number(_) => {
+                    let text = lua
+                        .coerce_string(key.clone())?
+                        .ok_or_else(|| mlua::Error::runtime("get_upstream_by_hash: bad key"))?;
+                    lua_get(&this.core.list, Rotation::Hashed, &text.as_bytes())
+                }
                 other => {
                     return Err(mlua::Error::runtime(format!(
                         "get_upstream_by_hash: key must be a string or a number, got {}",
@@ -225,24 +262,19 @@ impl UserData for LuaList {
                     )))
                 }
             };
-            let picked = with_list(&ud, |this| {
-                Ok(lua_get(&this.core.list, Rotation::Hashed, &key.as_bytes()))
-            })?;
-            with_list(&ud, |this| this.wrap(lua, &ud, picked))
+            this.wrap(lua, &ud, picked)
         });
         methods.add_function("get_upstream_round_robin", |lua, ud: Value| {
             let ud = this_list("get_upstream_round_robin", ud)?;
-            let picked = with_list(&ud, |this| {
-                Ok(lua_get(&this.core.list, Rotation::RoundRobin, b""))
-            })?;
-            with_list(&ud, |this| this.wrap(lua, &ud, picked))
+            let this = ud.borrow::<LuaList>()?;
+            let picked = lua_get(&this.core.list, Rotation::RoundRobin, b"");
+            this.wrap(lua, &ud, picked)
         });
         methods.add_function("get_upstream_master_slave", |lua, ud: Value| {
             let ud = this_list("get_upstream_master_slave", ud)?;
-            let picked = with_list(&ud, |this| {
-                Ok(lua_get(&this.core.list, Rotation::MasterSlave, b""))
-            })?;
-            with_list(&ud, |this| this.wrap(lua, &ud, picked))
+            let this = ud.borrow::<LuaList>()?;
+            let picked = lua_get(&this.core.list, Rotation::MasterSlave, b"");
+            this.wrap(lua, &ud, picked)
         });
         // Ours: a retry elsewhere (rspamd's C API has it; its Lua API does not).
         methods.add_function(
@@ -275,7 +307,7 @@ impl UserData for LuaList {
             for (i, up) in ups.into_iter().enumerate() {
                 t.raw_set(
                     i + 1,
-                    LuaUpstream::view(up, Rc::clone(&core)).into_userdata(lua, &ud)?,
+                    LuaUpstream::view(up, Some(Rc::clone(&core))).into_userdata(lua, &ud)?,
                 )?;
             }
             Ok(t)

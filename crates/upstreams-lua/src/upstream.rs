@@ -16,7 +16,8 @@ pub(crate) struct LuaUpstream {
     /// The pick this wrapper came from, ended by the first `ok`/`fail` (or by garbage
     /// collection, which releases it). Views (`all_upstreams`, watchers) have none.
     pick: RefCell<Option<Picked>>,
-    core: Rc<Core>,
+    /// The list's shared part, for event delivery; none for a view the FFI path made.
+    core: Option<Rc<Core>>,
 }
 
 impl LuaUpstream {
@@ -24,11 +25,11 @@ impl LuaUpstream {
         Self {
             up: Arc::clone(p.upstream()),
             pick: RefCell::new(Some(p)),
-            core,
+            core: Some(core),
         }
     }
 
-    pub(crate) fn view(up: Arc<Upstream>, core: Rc<Core>) -> Self {
+    pub(crate) fn view(up: Arc<Upstream>, core: Option<Rc<Core>>) -> Self {
         Self {
             up,
             pick: RefCell::new(None),
@@ -65,7 +66,13 @@ fn this_upstream(name: &str, value: Value) -> Result<AnyUserData> {
 }
 
 /// Delivers queued events through the list that `upstream` (a wrapper's userdata) came from.
-fn deliver_from(core: &Rc<Core>, lua: &mlua::Lua, upstream: &AnyUserData) -> Result<()> {
+fn deliver_from(core: Option<&Rc<Core>>, lua: &mlua::Lua, upstream: &AnyUserData) -> Result<()> {
+    let Some(core) = core else {
+        return Ok(());
+    };
+    if !core.has_watchers() {
+        return Ok(());
+    }
     match upstream.user_value::<Option<AnyUserData>>()? {
         Some(list) => Core::deliver(core, lua, &list),
         None => Ok(()),
@@ -124,9 +131,9 @@ impl UserData for LuaUpstream {
                     Some(p) => p.ok(),
                     None => this.up.ok(),
                 }
-                Rc::clone(&this.core)
+                this.core.clone()
             };
-            deliver_from(&core, lua, &ud)
+            deliver_from(core.as_ref(), lua, &ud)
         });
         methods.add_function("fail", |lua, args: mlua::MultiValue| {
             let mut args = args.into_iter();
@@ -139,9 +146,9 @@ impl UserData for LuaUpstream {
                     Some(p) => p.fail(kind, &reason),
                     None => this.up.fail(kind, &reason),
                 }
-                Rc::clone(&this.core)
+                this.core.clone()
             };
-            deliver_from(&core, lua, &ud)
+            deliver_from(core.as_ref(), lua, &ud)
         });
         methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
             Ok(this.up.name().to_owned())
