@@ -41,11 +41,16 @@ impl LuaUpstream {
         &self.up
     }
 
-    /// This wrapper as Lua userdata that keeps `list` (its list's userdata) alive through its
-    /// user value, where Lua's collector sees the reference.
+    /// This wrapper as Lua userdata. While its list has Lua watchers, it keeps `list` (its
+    /// list's userdata) alive through its user value, where Lua's collector sees the
+    /// reference, and its `ok`/`fail` deliver the events they raise at once; a wrapper made
+    /// before the first watcher leaves its events to the list's next call.
     pub(crate) fn into_userdata(self, lua: &mlua::Lua, list: &AnyUserData) -> Result<AnyUserData> {
+        let watched = self.core.as_ref().is_some_and(|c| c.has_watchers());
         let ud = lua.create_userdata(self)?;
-        ud.set_user_value(list)?;
+        if watched {
+            ud.set_user_value(list)?;
+        }
         Ok(ud)
     }
 
