@@ -34,5 +34,5 @@
 mod resolver;
 mod schedule;
 
-pub use resolver::{Error, Nameservers, Resolver};
+pub use resolver::{Error, LookupFailure, Nameservers, Resolver};
 pub use schedule::{resolve_blocking, Refresher, Report};

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use upstreams::{Limits, SrvTarget};
@@ -19,17 +20,40 @@ pub enum Error {
     /// The system resolver configuration could not be read: pass nameservers explicitly.
     #[error("cannot read the system resolver configuration: {0}")]
     SystemConfig(String),
-    /// A lookup failed (timeout, refused, NXDOMAIN, no records); the caller keeps what it had.
-    #[error("lookup of {name} failed: {reason}")]
+    /// A lookup failed; the caller keeps what it had.
+    #[error("lookup of {name} failed ({failure}): {reason}")]
     Lookup {
         /// The name queried.
         name: String,
-        /// Why.
+        /// What kind of failure, for callers that act on it.
+        failure: LookupFailure,
+        /// The resolver's own words.
         reason: String,
     },
     /// A tokio runtime could not be built for a blocking resolution.
     #[error("cannot start a runtime: {0}")]
     Runtime(#[from] std::io::Error),
+}
+
+/// Why a lookup failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LookupFailure {
+    /// The name does not exist (NXDOMAIN).
+    #[error("no such name")]
+    NoSuchName,
+    /// The name exists but has no record of the type asked.
+    #[error("no records")]
+    NoRecords,
+    /// No answer in time from any nameserver.
+    #[error("timeout")]
+    Timeout,
+    /// A nameserver answered with an error (SERVFAIL, REFUSED, …).
+    #[error("server failure")]
+    ServerFailure,
+    /// Anything else (transport, malformed answers).
+    #[error("other")]
+    Other,
 }
 
 /// Which nameservers to ask.
@@ -156,9 +180,22 @@ fn absolute(name: &str) -> String {
     }
 }
 
-fn lookup_error(name: &str, e: impl std::fmt::Display) -> Error {
+fn lookup_error(name: &str, e: NetError) -> Error {
+    use hickory_resolver::net::DnsError;
+    use hickory_resolver::proto::op::ResponseCode;
+    let failure = match &e {
+        NetError::Timeout => LookupFailure::Timeout,
+        _ if e.is_nx_domain() => LookupFailure::NoSuchName,
+        NetError::Dns(DnsError::NoRecordsFound(none)) => match none.response_code {
+            ResponseCode::NoError => LookupFailure::NoRecords,
+            _ => LookupFailure::ServerFailure,
+        },
+        NetError::Dns(DnsError::ResponseCode(_)) => LookupFailure::ServerFailure,
+        _ => LookupFailure::Other,
+    };
     Error::Lookup {
         name: name.to_owned(),
+        failure,
         reason: e.to_string(),
     }
 }

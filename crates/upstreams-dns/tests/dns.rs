@@ -380,3 +380,27 @@ async fn one_refresher_serves_several_lists() {
     assert_eq!(r.refresh(&a).await.queried, 1);
     assert_eq!(addrs(&b, "two.test:2"), ["10.2.0.2:2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_failures_are_typed() {
+    use upstreams_dns::{Error, LookupFailure, Resolver};
+    let mut dns = Dns::start().await;
+    dns.a("here.test.", &["10.0.0.1"]).await;
+    let limits = upstreams::Limits::default().with_dns_timeout(Duration::from_millis(300));
+    let resolver = Resolver::new(&dns.servers(), &limits).unwrap();
+    let failure = |e: Error| match e {
+        Error::Lookup { failure, .. } => failure,
+        other => panic!("not a lookup error: {other}"),
+    };
+    let missing = resolver.lookup_ips("missing.test").await.unwrap_err();
+    assert_eq!(failure(missing), LookupFailure::NoSuchName);
+    let no_srv = resolver.lookup_srv("here.test").await.unwrap_err();
+    assert_eq!(failure(no_srv), LookupFailure::NoRecords);
+    dns.server.shutdown_gracefully().await.unwrap();
+    let gone = resolver.lookup_ips("other.test").await.unwrap_err();
+    let kind = failure(gone);
+    assert!(
+        matches!(kind, LookupFailure::Timeout | LookupFailure::Other),
+        "a silent server: {kind:?}"
+    );
+}
