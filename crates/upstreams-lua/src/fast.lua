@@ -10,8 +10,8 @@ local fail_ = ffi.cast("double (*)(double, double, int, const char *, size_t)", 
 local release = ffi.cast("void (*)(double)", fast.release)
 local members = ffi.cast("double (*)(double, double *, size_t)", fast.members)
 local up_handle = fast.up_handle
-local addr_of = ffi.cast("double (*)(double, uint8_t *, size_t, double *, double *, double *)",
-  fast.addr)
+local addr_of = ffi.cast(
+  "double (*)(double, uint8_t *, size_t, double *, double *, double *, double *)", fast.addr)
 local out = ffi.new("double[1]")
 local handle_of, view, deliver, create = fast.handle, fast.view, fast.deliver, module.create
 local type, tostring, error, setmetatable = type, tostring, error, setmetatable
@@ -123,15 +123,22 @@ do
   end
 end
 local text_buf = ffi.new("uint8_t[?]", 4096)
-local nums = ffi.new("double[3]")
+local nums = ffi.new("double[4]")
+-- The last address object of each upstream, reused while the address is the same (they
+-- are immutable; `==` compares contents either way).
+local last_addr = setmetatable({}, {__mode = "v"})
+local last_key = {}
 function Upstream.get_addr(self)
   check_up(self, "get_addr")
-  local n = addr_of(self.up, text_buf, 4096, nums, nums + 1, nums + 2)
+  local n = addr_of(self.up, text_buf, 4096, nums, nums + 1, nums + 2, nums + 3)
   if n < 0 then stale("this upstream") end
   if n == 0 then return nil end
+  local cached = last_addr[self.up]
+  if cached ~= nil and last_key[self.up] == nums[3] then return cached end
   local a = newproxy(addr_template)
   addrs[a] = {text = ffi.string(text_buf, n), port = nums[0], version = nums[1],
     is_local = nums[2] ~= 0}
+  last_addr[self.up], last_key[self.up] = a, nums[3]
   return a
 end
 local UpstreamMeta = {

@@ -313,12 +313,13 @@ pub(crate) unsafe extern "C" fn upstreams_ffi_members(list: f64, out: *mut f64, 
 
 /// `upstream:get_addr()`: the next address of the upstream (rotating, as the C path's), as
 /// text without the port (a socket's path) written into `buf` (room for `cap`); `*port`,
-/// `*version` (4, 6, or 0 for a socket) and `*local` (loopback or socket) beside it.
-/// Returns the text's length, 0 when the upstream has no address yet, −1 for a stale
-/// handle (the text is cut at `cap`).
+/// `*version` (4, 6, or 0 for a socket), `*local` (loopback or socket) and `*key` (a
+/// 52-bit digest of the address, so the Lua layer can reuse the object it made for the same
+/// address last time) beside it. Returns the text's length, 0 when the upstream has no
+/// address yet, −1 for a stale handle (the text is cut at `cap`).
 ///
 /// # Safety
-/// `buf` points at `cap` writable bytes; `port`, `version`, `local` are writable.
+/// `buf` points at `cap` writable bytes; `port`, `version`, `local`, `key` are writable.
 pub(crate) unsafe extern "C" fn upstreams_ffi_addr(
     up: f64,
     buf: *mut u8,
@@ -326,6 +327,7 @@ pub(crate) unsafe extern "C" fn upstreams_ffi_addr(
     port: *mut f64,
     version: *mut f64,
     local: *mut f64,
+    key: *mut f64,
 ) -> f64 {
     let answer = catch_unwind(|| {
         let up = upstream_of(up)?;
@@ -344,15 +346,22 @@ pub(crate) unsafe extern "C" fn upstreams_ffi_addr(
         return 0.0;
     };
     let n = text.len().min(cap);
-    if buf.is_null() || port.is_null() || version.is_null() || local.is_null() {
+    if buf.is_null() || port.is_null() || version.is_null() || local.is_null() || key.is_null() {
         return STALE;
     }
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&text, p, v).hash(&mut h);
+        (h.finish() >> 12) as f64
+    };
     // SAFETY: the caller gives `cap` writable bytes at `buf` and writable doubles.
     unsafe {
         std::ptr::copy_nonoverlapping(text.as_ptr(), buf, n);
         *port = f64::from(p);
         *version = f64::from(v);
         *local = f64::from(u8::from(l));
+        *key = digest;
     }
     n as f64
 }
