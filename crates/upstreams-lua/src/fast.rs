@@ -453,3 +453,269 @@ mod tests {
         );
     }
 }
+
+/// The Lua 5.4 backend of `layer.lua`: the same calls as plain C functions on the Lua stack
+/// (Lua 5.4 has no FFI). An upstream is a 24-byte full userdata (pick, upstream and list
+/// handles) with the layer's metatable, checked by identity on every call; its `__gc`
+/// releases a pick collected before its verdict. These functions never raise a Lua error
+/// (the layer turns their codes into errors), so no Lua error ever unwinds a Rust frame.
+#[cfg(feature = "lua54")]
+pub(crate) mod c54 {
+    use std::os::raw::c_int;
+    use std::ptr;
+
+    use mlua::ffi::{self, lua_State};
+
+    /// The userdata of an upstream at `idx` when it has the layer's metatable (upvalue 1).
+    ///
+    /// # Safety
+    /// `l` is a live Lua state inside a C function call.
+    unsafe fn ours(l: *mut lua_State, idx: c_int) -> *mut f64 {
+        // SAFETY: plain stack reads on a live state; the metatable push is popped.
+        unsafe {
+            let p = ffi::lua_touserdata(l, idx);
+            if p.is_null() || ffi::lua_getmetatable(l, idx) == 0 {
+                return ptr::null_mut();
+            }
+            let same = ffi::lua_rawequal(l, -1, ffi::lua_upvalueindex(1));
+            ffi::lua_settop(l, -2);
+            if same == 0 {
+                ptr::null_mut()
+            } else {
+                p.cast()
+            }
+        }
+    }
+
+    /// Pushes a new upstream userdata.
+    ///
+    /// # Safety
+    /// `l` is a live Lua state inside a C function call with the metatable as upvalue 1.
+    unsafe fn push_upstream(l: *mut lua_State, pick: f64, up: f64, list: f64) {
+        // SAFETY: a 24-byte block Lua owns, written once, then the metatable set.
+        unsafe {
+            let p: *mut f64 = ffi::lua_newuserdatauv(l, 3 * std::mem::size_of::<f64>(), 0).cast();
+            p.write(pick);
+            p.add(1).write(up);
+            p.add(2).write(list);
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+            ffi::lua_setmetatable(l, -2);
+        }
+    }
+
+    fn number(l: *mut lua_State, idx: c_int) -> f64 {
+        // SAFETY: a stack read on a live state.
+        unsafe { ffi::lua_tonumberx(l, idx, ptr::null_mut()) }
+    }
+
+    /// `B.pick(list, rotation, key)`.
+    unsafe extern "C-unwind" fn pick(l: *mut lua_State) -> c_int {
+        let list = number(l, 1);
+        let rotation = number(l, 2);
+        let mut len = 0usize;
+        // SAFETY: stack reads on a live state; the key stays on the stack during the call.
+        let key = unsafe {
+            if ffi::lua_type(l, 3) == ffi::LUA_TSTRING {
+                ffi::lua_tolstring(l, 3, &mut len).cast::<u8>()
+            } else {
+                ptr::null()
+            }
+        };
+        let mut up = 0.0;
+        let rotation = if (0.0..=2.0).contains(&rotation) {
+            rotation as i32
+        } else {
+            -1
+        };
+        // SAFETY: `key` is `len` bytes of a Lua string on the stack.
+        let h = unsafe { super::upstreams_ffi_pick(list, rotation, key, len, &mut up) };
+        // SAFETY: pushes on a live state.
+        unsafe {
+            if h > 0.0 {
+                push_upstream(l, h, up, list);
+            } else if h == 0.0 {
+                ffi::lua_pushnil(l);
+            } else {
+                ffi::lua_pushnumber(l, h);
+            }
+        }
+        1
+    }
+
+    /// `B.ok(up)` → code, list.
+    unsafe extern "C-unwind" fn ok(l: *mut lua_State) -> c_int {
+        // SAFETY: a live state; `p` points at the userdata's three handles.
+        unsafe {
+            let p = ours(l, 1);
+            if p.is_null() {
+                ffi::lua_pushnumber(l, -3.0);
+                return 1;
+            }
+            let code = super::upstreams_ffi_ok(*p, *p.add(1));
+            if code >= 0.0 {
+                *p = 0.0;
+            }
+            ffi::lua_pushnumber(l, code);
+            ffi::lua_pushnumber(l, *p.add(2));
+        }
+        2
+    }
+
+    /// `B.fail(up, kind, reason)` → code, list.
+    unsafe extern "C-unwind" fn fail(l: *mut lua_State) -> c_int {
+        // SAFETY: a live state; `p` points at the userdata's three handles; the reason
+        // stays on the stack during the call.
+        unsafe {
+            let p = ours(l, 1);
+            if p.is_null() {
+                ffi::lua_pushnumber(l, -3.0);
+                return 1;
+            }
+            let kind = number(l, 2) as i32;
+            let mut len = 0usize;
+            let reason = if ffi::lua_type(l, 3) == ffi::LUA_TSTRING {
+                ffi::lua_tolstring(l, 3, &mut len).cast::<u8>()
+            } else {
+                ptr::null()
+            };
+            let code = super::upstreams_ffi_fail(*p, *p.add(1), kind, reason, len);
+            if code >= 0.0 {
+                *p = 0.0;
+            }
+            ffi::lua_pushnumber(l, code);
+            ffi::lua_pushnumber(l, *p.add(2));
+        }
+        2
+    }
+
+    /// `__gc`: releases an unreported pick.
+    unsafe extern "C-unwind" fn gc(l: *mut lua_State) -> c_int {
+        // SAFETY: a live state; `p` points at the userdata's three handles.
+        unsafe {
+            let p = ours(l, 1);
+            if !p.is_null() && *p != 0.0 {
+                super::upstreams_ffi_release(*p);
+                *p = 0.0;
+            }
+        }
+        0
+    }
+
+    /// `B.handle(x)` → the upstream handle, or nil.
+    unsafe extern "C-unwind" fn handle(l: *mut lua_State) -> c_int {
+        // SAFETY: a live state; `p` points at the userdata's three handles.
+        unsafe {
+            let p = ours(l, 1);
+            if p.is_null() {
+                ffi::lua_pushnil(l);
+            } else {
+                ffi::lua_pushnumber(l, *p.add(1));
+            }
+        }
+        1
+    }
+
+    /// `B.adopt(handle, list)` → an upstream without a pick.
+    unsafe extern "C-unwind" fn adopt(l: *mut lua_State) -> c_int {
+        let (up, list) = (number(l, 1), number(l, 2));
+        // SAFETY: the metatable is upvalue 1.
+        unsafe { push_upstream(l, 0.0, up, list) };
+        1
+    }
+
+    /// `B.members(list)` → a table of upstream handles, or nil.
+    unsafe extern "C-unwind" fn members(l: *mut lua_State) -> c_int {
+        let list = number(l, 1);
+        // SAFETY: a null buffer with no room only counts.
+        let n = unsafe { super::upstreams_ffi_members(list, ptr::null_mut(), 0) };
+        // SAFETY: pushes on a live state; the buffer has room for `n`.
+        unsafe {
+            if n < 0.0 {
+                ffi::lua_pushnil(l);
+                return 1;
+            }
+            let mut handles = vec![0.0f64; n as usize];
+            let got = super::upstreams_ffi_members(list, handles.as_mut_ptr(), handles.len());
+            let got = (got.max(0.0) as usize).min(handles.len());
+            ffi::lua_createtable(l, got as c_int, 0);
+            for (i, h) in handles[..got].iter().enumerate() {
+                ffi::lua_pushnumber(l, *h);
+                ffi::lua_rawseti(l, -2, i as ffi::lua_Integer + 1);
+            }
+        }
+        1
+    }
+
+    /// `B.addr(handle)` → n, port, version, is_local, key, text.
+    unsafe extern "C-unwind" fn addr(l: *mut lua_State) -> c_int {
+        let up = number(l, 1);
+        let mut text = [0u8; 4096];
+        let (mut port, mut version, mut local, mut key) = (0.0, 0.0, 0.0, 0.0);
+        // SAFETY: the buffer and the four doubles are writable.
+        let n = unsafe {
+            super::upstreams_ffi_addr(
+                up,
+                text.as_mut_ptr(),
+                text.len(),
+                &mut port,
+                &mut version,
+                &mut local,
+                &mut key,
+            )
+        };
+        // SAFETY: pushes on a live state (six values: below LUA_MINSTACK).
+        unsafe {
+            ffi::lua_pushnumber(l, n);
+            if n <= 0.0 {
+                return 1;
+            }
+            ffi::lua_pushinteger(l, port as ffi::lua_Integer);
+            ffi::lua_pushinteger(l, version as ffi::lua_Integer);
+            ffi::lua_pushboolean(l, c_int::from(local != 0.0));
+            ffi::lua_pushnumber(l, key);
+            ffi::lua_pushlstring(l, text.as_ptr().cast(), n as usize);
+        }
+        6
+    }
+
+    /// `B.proxy(mt)` → an empty userdata with metatable `mt`.
+    unsafe extern "C-unwind" fn proxy(l: *mut lua_State) -> c_int {
+        // SAFETY: a zero-byte userdata, then the given metatable.
+        unsafe {
+            ffi::lua_newuserdatauv(l, 0, 0);
+            ffi::lua_pushvalue(l, 1);
+            ffi::lua_setmetatable(l, -2);
+        }
+        1
+    }
+
+    /// `make_backend(Meta)`: the functions above as closures over `Meta` (their upvalue 1,
+    /// what `ours` compares with), and `Meta.__gc`.
+    pub(crate) unsafe extern "C-unwind" fn bind(l: *mut lua_State) -> c_int {
+        let functions: [(&[u8], ffi::lua_CFunction); 9] = [
+            (b"pick\0", pick),
+            (b"ok\0", ok),
+            (b"fail\0", fail),
+            (b"handle\0", handle),
+            (b"adopt\0", adopt),
+            (b"members\0", members),
+            (b"addr\0", addr),
+            (b"proxy\0", proxy),
+            (b"__gc\0", gc),
+        ];
+        // SAFETY: a live state with the metatable at index 1; names are NUL-terminated.
+        unsafe {
+            ffi::lua_createtable(l, 0, functions.len() as c_int);
+            for (name, f) in functions {
+                ffi::lua_pushvalue(l, 1);
+                ffi::lua_pushcclosure(l, f, 1);
+                if name == b"__gc\0" {
+                    ffi::lua_setfield(l, 1, name.as_ptr().cast());
+                } else {
+                    ffi::lua_setfield(l, -2, name.as_ptr().cast());
+                }
+            }
+        }
+        1
+    }
+}

@@ -28,23 +28,50 @@ mod upstream;
 
 use mlua::{Lua, Result, Table, Value};
 
-/// Builds the module table (`create`) in `lua`. Under LuaJIT (with its `ffi` library and
-/// unless `UPSTREAMS_LUA_FFI=0` is in the environment) the hot calls take the FFI path of
-/// `fast.rs`; the answers are the same either way.
+/// Builds the module table (`create`) in `lua`. The hot calls take the fast layer of
+/// `fast.rs` (LuaJIT's FFI, or plain C functions under Lua 5.4) unless
+/// `UPSTREAMS_LUA_FFI=0` is in the environment (then mlua's methods serve every call); the
+/// answers are the same either way.
 pub fn register(lua: &Lua) -> Result<Table> {
     let module = list::module(lua)?;
-    if lua.globals().get::<Option<Table>>("jit")?.is_none()
-        || std::env::var_os("UPSTREAMS_LUA_FFI").is_some_and(|v| v == "0")
-    {
+    if std::env::var_os("UPSTREAMS_LUA_FFI").is_some_and(|v| v == "0") {
         return Ok(module);
     }
-    let (has_ffi, _): (bool, Value) = lua.load("return pcall(require, 'ffi')").call(())?;
-    if !has_ffi {
+    let fast = fast_table(lua)?;
+    let backend: Option<Value> = if lua.globals().get::<Option<Table>>("jit")?.is_some() {
+        let (has_ffi, _): (bool, Value) = lua.load("return pcall(require, 'ffi')").call(())?;
+        if has_ffi {
+            Some(
+                lua.load(include_str!("backend_ffi.lua"))
+                    .set_name("=upstream_list/backend_ffi.lua")
+                    .call(fast.clone())?,
+            )
+        } else {
+            None
+        }
+    } else {
+        c54_backend(lua)?
+    };
+    let Some(backend) = backend else {
         return Ok(module);
-    }
-    lua.load(include_str!("fast.lua"))
-        .set_name("=upstream_list/fast.lua")
-        .call((module, fast_table(lua)?))
+    };
+    lua.load(include_str!("layer.lua"))
+        .set_name("=upstream_list/layer.lua")
+        .call((module, fast, backend))
+}
+
+/// The Lua 5.4 backend's maker (plain C functions); none for other Luas without FFI.
+#[cfg(feature = "lua54")]
+#[allow(unsafe_code)]
+fn c54_backend(lua: &Lua) -> Result<Option<Value>> {
+    // SAFETY: `bind` follows the C function protocol and never raises a Lua error.
+    let bind = unsafe { lua.create_c_function(fast::c54::bind)? };
+    Ok(Some(Value::Function(bind)))
+}
+
+#[cfg(not(feature = "lua54"))]
+fn c54_backend(_lua: &Lua) -> Result<Option<Value>> {
+    Ok(None)
 }
 
 /// What `fast.lua` is handed: the C functions' addresses and three mlua helpers.
