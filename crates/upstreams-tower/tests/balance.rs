@@ -188,8 +188,8 @@ async fn outcomes_feed_health_and_errors_name_the_upstream() {
     assert_eq!(bad.last_failure().as_deref(), Some("connection refused"));
     let good = list.find("10.0.0.2:80").expect("good");
     assert!(
-        good.latency().is_some(),
-        "a success feeds the latency estimate"
+        good.latency().is_none(),
+        "only p2c times its calls (the one rotation that reads latencies)"
     );
     assert_eq!(good.inflight(), 0, "every pick ended");
 
@@ -282,4 +282,23 @@ async fn joining_upstreams_get_their_service() {
         seen.insert(response.into_body());
     }
     assert_eq!(seen.len(), 2, "the new upstream serves too: {seen:?}");
+}
+
+#[tokio::test]
+async fn a_p2c_balance_feeds_the_latency_estimate() {
+    let list = list("p2c:10.0.0.1:80,10.0.0.2:80");
+    let mut balance = Balance::new(Arc::clone(&list), |_: &Upstream| {
+        tower::service_fn(|_req: ()| async { Ok::<_, BoxError>(()) })
+    });
+    for _ in 0..4 {
+        balance
+            .ready()
+            .await
+            .expect("ready")
+            .call(())
+            .await
+            .expect("call");
+    }
+    assert!(list.upstreams().iter().any(|u| u.latency().is_some()));
+    assert!(list.upstreams().iter().all(|u| u.inflight() == 0));
 }

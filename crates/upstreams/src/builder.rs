@@ -6,7 +6,7 @@ use crate::clock::Clock;
 use crate::limits::Limits;
 use crate::list::UpstreamList;
 use crate::parse::{Definition, Entry};
-use crate::select::Rotation;
+use crate::rotation::Rotation;
 use crate::Error;
 
 /// Builds an [`UpstreamList`] from [`Entry`] values (see [`UpstreamList::builder`]).

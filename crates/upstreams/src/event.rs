@@ -6,15 +6,13 @@
 //!
 //! Each transition is reported exactly once (the thread whose compare-and-swap made it
 //! reports it). Two transitions raced from different threads may reach watchers in either
-//! order; read [`Upstream::state`] for the current truth.
+//! order; read [`Upstream::state`](crate::Upstream::state) for the current truth.
 
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-
-use crate::upstream::Upstream;
 
 /// Something that happened to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,28 +110,36 @@ impl FromIterator<Event> for Events {
     }
 }
 
-/// A watcher's callback: the event, the upstream, its error count at that moment.
-pub type Callback = dyn Fn(Event, &Upstream, u32) + Send + Sync;
+/// A watcher's callback: the event, the upstream (`U`: the core's `Upstream`), its error
+/// count at that moment. Generic so that this module needs nothing of the others.
+pub(crate) type Callback<U> = dyn Fn(Event, &U, u32) + Send + Sync;
 
-struct Watcher {
+struct Watcher<U: ?Sized> {
     events: Events,
-    callback: Box<Callback>,
+    callback: Box<Callback<U>>,
 }
 
 /// The watchers of one list; adding is rare, emitting reads a snapshot without locking.
-#[derive(Default)]
-pub(crate) struct Watchers {
-    list: ArcSwap<Vec<Arc<Watcher>>>,
+pub(crate) struct Watchers<U: ?Sized> {
+    list: ArcSwap<Vec<Arc<Watcher<U>>>>,
 }
 
-impl fmt::Debug for Watchers {
+impl<U: ?Sized> Default for Watchers<U> {
+    fn default() -> Self {
+        Self {
+            list: ArcSwap::default(),
+        }
+    }
+}
+
+impl<U: ?Sized> fmt::Debug for Watchers<U> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Watchers({})", self.list.load().len())
     }
 }
 
-impl Watchers {
-    pub(crate) fn add(&self, events: Events, callback: Box<Callback>) {
+impl<U: ?Sized> Watchers<U> {
+    pub(crate) fn add(&self, events: Events, callback: Box<Callback<U>>) {
         let watcher = Arc::new(Watcher { events, callback });
         self.list.rcu(|current| {
             let mut next = Vec::clone(current);
@@ -142,7 +148,7 @@ impl Watchers {
         });
     }
 
-    pub(crate) fn emit(&self, event: Event, upstream: &Upstream, errors: u32) {
+    pub(crate) fn emit(&self, event: Event, upstream: &U, errors: u32) {
         let list = self.list.load();
         for watcher in list.iter().filter(|w| w.events.contains(event)) {
             // A watcher's panic is its own problem: the list carries on.

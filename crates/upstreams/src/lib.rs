@@ -43,47 +43,30 @@
 #![deny(missing_docs)]
 
 mod builder;
-pub mod clock;
-pub mod event;
-pub mod health;
-pub mod limits;
-pub mod list;
-pub mod member;
-pub mod parse;
-pub mod select;
+mod clock;
+mod error;
+mod event;
+mod health;
+mod limits;
+mod list;
+mod member;
+mod parse;
+mod random;
+mod rotation;
+mod select;
 mod sync;
-pub mod upstream;
+mod tokens;
+mod transition;
+mod upstream;
 
 pub use builder::ListBuilder;
 pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use error::Error;
 pub use event::{Event, Events};
 pub use health::State;
 pub use limits::{parse_seconds, seconds, HashMode, Limits, LimitsConfig, MAX_CONFIG_SECONDS};
 pub use list::{Picked, Snapshot, UpstreamList, MAX_EXCLUDED};
 pub use member::{Change, MembershipChange, SrvTarget};
 pub use parse::{Definition, Entry, Host, ParseError, ParseErrorKind};
-pub use select::Rotation;
+pub use rotation::Rotation;
 pub use upstream::{FailKind, Upstream};
-
-/// Errors of this crate.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The definition does not parse: fix the entry the error names.
-    #[error(transparent)]
-    Parse(#[from] ParseError),
-    /// A limit is out of its range: change the named setting.
-    #[error("invalid limit {what}: {why}")]
-    InvalidLimit {
-        /// The setting.
-        what: &'static str,
-        /// What is wrong with it.
-        why: &'static str,
-    },
-    /// More upstreams than one list can hold (2^20): split the list.
-    #[error("too many upstreams: {0} (at most 1048576)")]
-    TooManyUpstreams(usize),
-    /// An event name that is not `success`, `failure`, `online` or `offline`.
-    #[error("unknown event {0:?} (expected success, failure, online or offline)")]
-    UnknownEvent(String),
-}

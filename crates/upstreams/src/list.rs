@@ -11,188 +11,18 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::clock::{Clock, MonotonicClock};
-use crate::event::{Callback, Event, Events, Watchers};
-use crate::health::{self, Rng};
+use crate::event::{Callback, Event, Events};
 use crate::limits::Limits;
 use crate::parse::Definition;
-use crate::select::{Members, Rotation};
-use crate::sync::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Mutex, MutexGuard, Ordering};
-use crate::upstream::{FailKind, Upstream};
+use crate::rotation::Rotation;
+use crate::select::Members;
+use crate::sync::{AtomicU8, Mutex, MutexGuard, Ordering};
+use crate::transition::{self, maintain};
+use crate::upstream::{FailKind, Shared, TimeSource, Upstream, ValueMaker};
 use crate::Error;
-
-/// State shared by a list and its upstreams (no reference back to the upstreams, so no
-/// reference cycle).
-pub(crate) struct Shared {
-    /// The limits in force; [`UpstreamList::set_limits`] replaces them (health transitions
-    /// read them, picks read the copies below).
-    pub(crate) limits: ArcSwap<Limits>,
-    /// `limits.hash_mode`, fixed when the list is built (the members' tables follow it).
-    pub(crate) hash_mode: crate::HashMode,
-    /// `limits.slow_start` in nanoseconds (read by every weighted pick).
-    pub(crate) slow_start_ns: AtomicU64,
-    /// `limits.default_latency` in seconds, as `f64` bits (read by every p2c pick).
-    pub(crate) default_latency: AtomicU64,
-    /// `limits.balance_factor`, as `f64` bits (read by every `bounded` pick).
-    pub(crate) balance_factor: AtomicU64,
-    /// `limits.max_inflight` (0: none), read by every pick.
-    pub(crate) max_inflight: AtomicU32,
-    /// Picks in flight over the whole list ([`Picked`]s alive), counted only when the list
-    /// hashes with `bounded` (the one reader): other lists do not pay for a shared counter.
-    pub(crate) inflight: AtomicUsize,
-    clock: TimeSource,
-    watchers: Watchers,
-    pub(crate) rng: Rng,
-    /// Upstreams in `Alive`.
-    pub(crate) alive: AtomicUsize,
-    /// Bumped at every membership snapshot published; a snapshot remembers its own, so a
-    /// pick can tell that `alive` counts this snapshot's members (see `Members::select`).
-    pub(crate) generation: AtomicU64,
-    /// Upstreams in `Offline` or `Probing`.
-    pub(crate) offline: AtomicUsize,
-    members: AtomicUsize,
-    /// Earliest revive deadline among offline upstreams (ns), `u64::MAX` when none.
-    pub(crate) next_revive: AtomicU64,
-    /// Bumped after every state transition (see `select::down`).
-    pub(crate) health_epoch: AtomicU64,
-    /// Makes the value an upstream carries ([`UpstreamList::set_values`]). A plain mutex:
-    /// it is read when an upstream joins, never by a pick.
-    values: std::sync::Mutex<Option<Arc<ValueMaker>>>,
-}
-
-/// What [`UpstreamList::set_values`] keeps: a maker of per-upstream values, type-erased.
-type ValueMaker = dyn Fn(&Upstream) -> Box<dyn Any + Send + Sync> + Send + Sync;
 
 /// The most upstreams one [`UpstreamList::get_excluding`] keeps out of its pick.
 pub const MAX_EXCLUDED: usize = 16;
-
-/// Where a list's time comes from: the process's monotonic clock, read inline (a pick reads
-/// it whenever some upstream is offline), or an injected clock behind a virtual call.
-enum TimeSource {
-    Monotonic(MonotonicClock),
-    Injected(Arc<dyn Clock>),
-}
-
-impl Shared {
-    #[inline]
-    pub(crate) fn now_ns(&self) -> u64 {
-        match &self.clock {
-            TimeSource::Monotonic(clock) => clock.nanos(),
-            TimeSource::Injected(clock) => clock.now_nanos(),
-        }
-    }
-
-    pub(crate) fn now(&self) -> Duration {
-        match &self.clock {
-            TimeSource::Monotonic(clock) => clock.now(),
-            TimeSource::Injected(clock) => clock.now(),
-        }
-    }
-
-    /// Gives a new upstream its value, when the list carries values.
-    pub(crate) fn make_value(&self, up: &Upstream) {
-        let maker = self
-            .values
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        if let Some(make) = maker {
-            up.set_value(make(up));
-        }
-    }
-
-    pub(crate) fn member_count(&self) -> usize {
-        self.members.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_member_count(&self, n: usize) {
-        self.members.store(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn emit(&self, event: Event, upstream: &Upstream, errors: u32) {
-        self.watchers.emit(event, upstream, errors);
-    }
-
-    pub(crate) fn revive_delay(&self) -> u64 {
-        let limits = self.limits.load();
-        health::jittered(limits.revive_time, limits.revive_jitter, self.rng.unit())
-    }
-
-    /// Publishes `limits` and the picks' copies of them.
-    fn publish_limits(&self, limits: Limits) {
-        self.slow_start_ns
-            .store(health::nanos(limits.slow_start), Ordering::Relaxed);
-        self.default_latency.store(
-            limits.default_latency.as_secs_f64().to_bits(),
-            Ordering::Relaxed,
-        );
-        self.balance_factor
-            .store(limits.balance_factor.to_bits(), Ordering::Relaxed);
-        self.max_inflight
-            .store(limits.max_inflight, Ordering::Relaxed);
-        self.limits.store(Arc::new(limits));
-    }
-
-    /// Called after every successful state compare-and-swap.
-    pub(crate) fn health_changed(&self) {
-        // Release: a picker that reads the new epoch sees the state word written before.
-        self.health_epoch.fetch_add(1, Ordering::Release);
-    }
-
-    /// `from` → `Offline { until }` in one CAS; true for the single winner.
-    pub(crate) fn go_offline(&self, up: &Upstream, from: u64, until: u64) -> bool {
-        let word = health::pack_offline(until);
-        // AcqRel: the winner's counter updates below must not be reordered before it wins.
-        if up
-            .state
-            .compare_exchange(from, word, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
-        }
-        self.health_changed();
-        if from == health::ALIVE {
-            self.alive.fetch_sub(1, Ordering::Relaxed);
-            self.offline.fetch_add(1, Ordering::Relaxed);
-        }
-        // SeqCst pairs with the reviver's swap: a deadline published here is either seen by
-        // its scan or survives its final fetch_min.
-        self.next_revive.fetch_min(until, Ordering::SeqCst);
-        true
-    }
-
-    /// `from` (an exact state word) → Alive in one CAS; true for the single winner.
-    pub(crate) fn try_transition(&self, up: &Upstream, from: u64, to: u64, now: u64) -> bool {
-        debug_assert_eq!(to, health::ALIVE);
-        if up
-            .state
-            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
-        }
-        self.health_changed();
-        self.came_back(up, from, now);
-        true
-    }
-
-    fn came_back(&self, up: &Upstream, from: u64, now: u64) {
-        if health::tag(from) == health::PROBING || health::offline_until(from).is_some() {
-            self.offline.fetch_sub(1, Ordering::Relaxed);
-        }
-        up.revived_at.store(now, Ordering::Relaxed);
-        self.alive.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl fmt::Debug for Shared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
-            .field("limits", &*self.limits.load())
-            .field("alive", &self.alive)
-            .field("offline", &self.offline)
-            .finish_non_exhaustive()
-    }
-}
 
 /// An upstream list: parse a definition, pick upstreams, report outcomes.
 ///
@@ -241,32 +71,13 @@ impl UpstreamList {
         if entries.len() > crate::select::MAX_MEMBERS {
             return Err(Error::TooManyUpstreams(entries.len()));
         }
-        let shared = Arc::new(Shared {
-            rng: Rng::new(limits.seed),
-            hash_mode: limits.hash_mode,
-            slow_start_ns: AtomicU64::new(health::nanos(limits.slow_start)),
-            default_latency: AtomicU64::new(limits.default_latency.as_secs_f64().to_bits()),
-            balance_factor: AtomicU64::new(limits.balance_factor.to_bits()),
-            max_inflight: AtomicU32::new(limits.max_inflight),
-            inflight: AtomicUsize::new(0),
-            limits: ArcSwap::from_pointee(limits),
-            clock,
-            watchers: Watchers::default(),
-            alive: AtomicUsize::new(0),
-            generation: AtomicU64::new(0),
-            offline: AtomicUsize::new(0),
-            members: AtomicUsize::new(entries.len()),
-            next_revive: AtomicU64::new(u64::MAX),
-            health_epoch: AtomicU64::new(0),
-            values: std::sync::Mutex::new(None),
-        });
+        let shared = Shared::new(limits, clock, entries.len());
         let upstreams: Vec<Arc<Upstream>> = entries
             .iter()
             .enumerate()
             .map(|(i, e)| Upstream::new(e.clone(), i, 0, Arc::clone(&shared)))
             .collect();
-        let alive = upstreams.iter().filter(|u| u.is_alive()).count();
-        shared.alive.store(alive, Ordering::Relaxed);
+        transition::count_initial(&shared, &upstreams);
         let members = Members::build(upstreams, shared.hash_mode);
         Ok(Self {
             shared,
@@ -403,7 +214,7 @@ impl UpstreamList {
     where
         F: Fn(Event, &Upstream, u32) + Send + Sync + 'static,
     {
-        let callback: Box<Callback> = Box::new(callback);
+        let callback: Box<Callback<Upstream>> = Box::new(callback);
         self.shared.watchers.add(events.into(), callback);
     }
 
@@ -506,7 +317,11 @@ impl UpstreamList {
             return Some(hand_out(&members.upstreams[probe], 0));
         }
         let now = self.shared.now_ns();
-        let (index, cost) = crate::select::tokens::pick(&members.upstreams, size, now)?;
+        let buckets = members
+            .upstreams
+            .iter()
+            .map(|up| up.is_alive().then_some(&up.tokens));
+        let (index, cost) = crate::tokens::pick(buckets, size, now)?;
         Some(hand_out(&members.upstreams[index], cost))
     }
 
@@ -545,13 +360,7 @@ impl UpstreamList {
     pub fn set_addresses(&self, upstream: &Upstream, ips: &[IpAddr]) -> bool {
         let changed = upstream.replace_addrs(ips);
         if !ips.is_empty() {
-            let now = self.shared.now_ns();
-            if self
-                .shared
-                .try_transition(upstream, health::PENDING, health::ALIVE, now)
-            {
-                self.shared.emit(Event::Online, upstream, 0);
-            }
+            transition::resolved(&self.shared, upstream);
         }
         changed
     }
@@ -631,64 +440,6 @@ fn excluded_slots<'b, U: Borrow<Upstream>>(
         }
     }
     &buf[..len]
-}
-
-/// Lazy revival (SPEC.md items 33–34): when some offline upstream's deadline has passed,
-/// bring it back, or, when nothing is alive, take one as the probe (returned).
-#[inline]
-fn maintain(members: &Members, shared: &Shared) -> Option<usize> {
-    if shared.offline.load(Ordering::Relaxed) == 0 {
-        return None;
-    }
-    let now = shared.now_ns();
-    if now < shared.next_revive.load(Ordering::SeqCst) {
-        return None;
-    }
-    revive_due(members, shared, now)
-}
-
-#[inline(never)]
-fn revive_due(members: &Members, shared: &Shared, now: u64) -> Option<usize> {
-    // SeqCst: see `Shared::go_offline`.
-    shared.next_revive.swap(u64::MAX, Ordering::SeqCst);
-    let mut earliest = u64::MAX;
-    // When nothing is alive, the upstream that has waited longest is the probe.
-    let mut candidate: Option<(usize, u64, u64)> = None;
-    let mut due = 0usize;
-    for (i, up) in members.upstreams.iter().enumerate() {
-        let word = up.state.load(Ordering::Acquire);
-        let Some(until) = health::offline_until(word) else {
-            continue;
-        };
-        if until > now {
-            earliest = earliest.min(until);
-        } else if shared.alive.load(Ordering::Relaxed) > 0 {
-            if shared.try_transition(up, word, health::ALIVE, now) {
-                shared.emit(Event::Online, up, up.errors());
-            }
-        } else {
-            due += 1;
-            if candidate.is_none_or(|(_, _, best)| until < best) {
-                candidate = Some((i, word, until));
-            }
-        }
-    }
-    let probe = candidate.and_then(|(i, word, _)| {
-        members.upstreams[i]
-            .state
-            .compare_exchange(word, health::PROBING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-            .then(|| {
-                shared.health_changed();
-                i
-            })
-    });
-    if due > usize::from(probe.is_some()) {
-        // Other due upstreams wait for the next caller.
-        earliest = earliest.min(now);
-    }
-    shared.next_revive.fetch_min(earliest, Ordering::SeqCst);
-    probe
 }
 
 /// A membership snapshot for lookups without in-flight accounting; see

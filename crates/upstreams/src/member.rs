@@ -4,11 +4,11 @@
 use crate::sync::Ordering;
 use std::sync::Arc;
 
-use crate::event::Event;
 use crate::health;
-use crate::list::{Shared, UpstreamList};
+use crate::list::UpstreamList;
 use crate::parse::{Entry, Host};
 use crate::select::Members;
+use crate::transition;
 use crate::upstream::Upstream;
 
 /// One target of an SRV answer.
@@ -119,7 +119,7 @@ impl UpstreamList {
                 if !matches!(up.entry().host(), Host::Srv { .. }) {
                     change.removed.push(up.name().to_owned());
                 }
-                drain(shared, up);
+                transition::drain(shared, up);
             }
         }
         if change.is_empty() {
@@ -128,38 +128,6 @@ impl UpstreamList {
         shared.set_member_count(next.len());
         self.publish(Members::build(next, shared.hash_mode));
         change
-    }
-}
-
-/// Takes `up` out for good: any state → `Draining`, counters adjusted, `offline` fired when it
-/// was serving.
-fn drain(shared: &Shared, up: &Upstream) {
-    let mut word = up.state.load(Ordering::Acquire);
-    loop {
-        if health::tag(word) == health::DRAINING {
-            return;
-        }
-        // AcqRel: the counter updates below belong to the winner of this CAS only.
-        match up.state.compare_exchange_weak(
-            word,
-            health::DRAINING,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => break,
-            Err(seen) => word = seen,
-        }
-    }
-    shared.health_changed();
-    match health::tag(word) {
-        health::ALIVE => {
-            shared.alive.fetch_sub(1, Ordering::Relaxed);
-            shared.emit(Event::Offline, up, up.errors());
-        }
-        health::PENDING | health::DRAINING => {}
-        _ => {
-            shared.offline.fetch_sub(1, Ordering::Relaxed);
-        }
     }
 }
 
@@ -182,7 +150,7 @@ impl UpstreamList {
         if !member || health::tag(upstream.state.load(Ordering::Acquire)) == health::DRAINING {
             return false;
         }
-        drain(self.shared(), upstream);
+        transition::drain(self.shared(), upstream);
         true
     }
 
@@ -195,30 +163,7 @@ impl UpstreamList {
         if !member {
             return false;
         }
-        let shared = self.shared();
-        // A name drained before its first answer goes back to waiting for it: alive without
-        // an address would be picked and fail.
-        if upstream.entry().host().needs_resolution() && upstream.addrs().is_empty() {
-            let back = upstream
-                .state
-                .compare_exchange(
-                    health::DRAINING,
-                    health::PENDING,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok();
-            if back {
-                shared.health_changed();
-            }
-            return back;
-        }
-        let now = shared.now_ns();
-        if shared.try_transition(upstream, health::DRAINING, health::ALIVE, now) {
-            shared.emit(Event::Online, upstream, upstream.errors());
-            return true;
-        }
-        false
+        transition::undrain(self.shared(), upstream)
     }
 }
 
@@ -297,10 +242,7 @@ impl UpstreamList {
                 continue;
             }
             let up = Upstream::new(entry.clone(), group, 0, Arc::clone(shared));
-            if up.is_alive() {
-                shared.alive.fetch_add(1, Ordering::Relaxed);
-                shared.emit(Event::Online, &up, 0);
-            }
+            transition::joined(shared, &up);
             change.added.push(up.name().to_owned());
             next.push(up);
         }
@@ -309,7 +251,7 @@ impl UpstreamList {
                 if !is_srv(up.entry()) {
                     change.removed.push(up.name().to_owned());
                 }
-                drain(shared, up);
+                transition::drain(shared, up);
             }
         }
         shared.set_member_count(next.len());

@@ -17,7 +17,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use crate::select::Rotation;
+use crate::rotation::Rotation;
 
 /// Longest host name accepted (RFC 1035 presentation form).
 const MAX_HOST_LEN: usize = 253;

@@ -8,10 +8,14 @@ use std::sync::{Arc, OnceLock, Weak};
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, MutexGuard, Ordering};
 use std::time::Duration;
 
-use crate::event::Event;
+use arc_swap::ArcSwap;
+
+use crate::clock::{Clock, MonotonicClock};
+use crate::event::{Event, Watchers};
 use crate::health::{self, FailOutcome, State, Window};
-use crate::list::Shared;
+use crate::limits::Limits;
 use crate::parse::{Entry, Host};
+use crate::random::Rng;
 
 /// Why `fail()` was called (SPEC.md item 28).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,7 +66,7 @@ pub struct Upstream {
     addr_errors: AtomicBool,
     pub(crate) inflight: AtomicU32,
     /// Consecutive failed probes, for the probe backoff.
-    probe_failures: AtomicU32,
+    pub(crate) probe_failures: AtomicU32,
     /// When it last came back (ns), for slow start; `u64::MAX` = never.
     pub(crate) revived_at: AtomicU64,
     /// Latency estimate in seconds (`f64` bits); `u64::MAX` = no sample yet.
@@ -70,10 +74,10 @@ pub struct Upstream {
     latency_at: Mutex<Option<u64>>,
     /// The reason given with the latest [`Upstream::fail`], for watchers and status pages.
     last_failure: Mutex<Option<Box<str>>>,
-    pub(crate) tokens: crate::select::tokens::Bucket,
+    pub(crate) tokens: crate::tokens::Bucket,
     addrs: Mutex<Addrs>,
     resolve_wanted: AtomicBool,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     me: Weak<Upstream>,
     /// The value the list gave it ([`UpstreamList::set_values`]); set once.
     ///
@@ -108,7 +112,7 @@ impl Upstream {
             health::ALIVE
         };
         let up = Arc::new_cyclic(|me| Self {
-            tokens: crate::select::tokens::Bucket::new(),
+            tokens: crate::tokens::Bucket::new(),
             weight: AtomicU32::new(u32::from(entry.weight())),
             entry,
             slot: AtomicUsize::new(group),
@@ -275,14 +279,10 @@ impl Upstream {
         }
     }
 
-    /// Reports a success: closes the error window, clears the current address's errors,
-    /// ends a probe (the upstream comes back) and fires `success`.
-    ///
-    /// This is the health report alone; [`Picked::ok`](crate::Picked::ok) also ends the
-    /// pick's in-flight count.
-    pub fn ok(&self) {
-        // A flag read as clear orders this success before a failure racing it: the same
-        // as taking the lock first.
+    /// The error bookkeeping of a success: closes the error window and clears the current
+    /// address's errors (no state change: that is `transition.rs`'s). A flag read as clear
+    /// orders this success before a failure racing it, the same as taking the lock first.
+    pub(crate) fn clear_errors(&self) {
         if self.window_open.load(Ordering::Relaxed) {
             let mut window = lock(&self.window);
             window.ok();
@@ -297,23 +297,10 @@ impl Upstream {
             let left = addrs.slots.iter().any(|s| s.errors > 0);
             self.addr_errors.store(left, Ordering::Relaxed);
         }
-        if health::tag(self.state.load(Ordering::Relaxed)) == health::PROBING {
-            self.probe_failures.store(0, Ordering::Relaxed);
-            let now = self.shared.now_ns();
-            if self
-                .shared
-                .try_transition(self, health::PROBING, health::ALIVE, now)
-            {
-                self.shared.emit(Event::Online, self, 0);
-            }
-        }
-        self.shared.emit(Event::Success, self, 0);
     }
 
-    /// Reports a failure (SPEC.md §4): counts it in the error window and may take the
-    /// upstream offline. `reason` is kept as [`Upstream::last_failure`], so a watcher of
-    /// `failure` / `offline` (or a status page) can say why.
-    pub fn fail(&self, kind: FailKind, reason: &str) {
+    /// Keeps a failure's reason, and counts an address failure against the current address.
+    pub(crate) fn note_failure(&self, kind: FailKind, reason: &str) {
         *lock(&self.last_failure) = Some(reason.into());
         if kind == FailKind::Address {
             let mut addrs = lock(&self.addrs);
@@ -322,86 +309,15 @@ impl Upstream {
                 self.addr_errors.store(true, Ordering::Relaxed);
             }
         }
-        let now = self.shared.now_ns();
-        let word = self.state.load(Ordering::Acquire);
-        match health::tag(word) {
-            health::ALIVE => {}
-            health::PROBING => return self.probe_failed(now),
-            // Offline, pending or draining: nothing to count (rspamd ignores these too).
-            _ => return,
-        }
-        let outcome: FailOutcome = {
-            let mut window = lock(&self.window);
-            let outcome = window.fail(now, &self.shared.limits.load(), self.shared.member_count());
-            self.errors.store(window.errors, Ordering::Relaxed);
-            self.window_open.store(window.is_open(), Ordering::Relaxed);
-            outcome
-        };
-        if outcome.opened || outcome.offline {
-            self.request_resolve();
-        }
-        self.shared.emit(Event::Failure, self, outcome.reported);
-        if outcome.offline {
-            let until = now.saturating_add(self.shared.revive_delay());
-            if self.shared.go_offline(self, health::ALIVE, until) {
-                self.shared.emit(Event::Offline, self, outcome.reported);
-            }
-        }
     }
 
-    fn probe_failed(&self, now: u64) {
-        let n = self.probe_failures.fetch_add(1, Ordering::Relaxed);
-        let limits = self.shared.limits.load();
-        let base = limits
-            .revive_time
-            .saturating_mul(1u32 << n.min(20))
-            .min(limits.probe_max_backoff.max(limits.revive_time));
-        let until = now.saturating_add(health::jittered(
-            base,
-            limits.probe_jitter,
-            self.shared.rng.unit(),
-        ));
-        self.request_resolve();
-        if self.shared.go_offline(self, health::PROBING, until) {
-            self.shared.emit(Event::Failure, self, self.errors());
-        }
-    }
-
-    /// Takes the upstream out of selection for `duration` (an operator's "mark down"); it
-    /// comes back like any offline upstream. Fires `offline`; false if it was not alive.
-    pub fn mark_offline(&self, duration: Duration) -> bool {
-        let until = self.shared.now_ns().saturating_add(health::nanos(duration));
-        let done = self.shared.go_offline(self, health::ALIVE, until);
-        if done {
-            self.shared.emit(Event::Offline, self, self.errors());
-        }
-        done
-    }
-
-    /// Brings an offline (or probing) upstream back at once (an operator's "mark up"); fires
-    /// `online`. False if it was not out of selection.
-    pub fn mark_online(&self) -> bool {
-        let now = self.shared.now_ns();
-        loop {
-            let word = self.state.load(Ordering::Acquire);
-            let out = health::offline_until(word).is_some() || health::tag(word) == health::PROBING;
-            if !out {
-                return false;
-            }
-            if self.shared.try_transition(self, word, health::ALIVE, now) {
-                self.shared.emit(Event::Online, self, self.errors());
-                return true;
-            }
-        }
-    }
-
-    /// Hands back a probe without a verdict (the request was cancelled), so the next pick
-    /// probes again; does nothing unless the upstream is the probe.
-    pub fn release_probe(&self) {
-        if health::tag(self.state.load(Ordering::Relaxed)) == health::PROBING {
-            let now = self.shared.now_ns();
-            self.shared.go_offline(self, health::PROBING, now);
-        }
+    /// Counts one failure at `now` in the error window; what the window concludes.
+    pub(crate) fn count_in_window(&self, now: u64) -> FailOutcome {
+        let mut window = lock(&self.window);
+        let outcome = window.fail(now, &self.shared.limits.load(), self.shared.member_count());
+        self.errors.store(window.errors, Ordering::Relaxed);
+        self.window_open.store(window.is_open(), Ordering::Relaxed);
+        outcome
     }
 
     /// Feeds one latency sample (seconds) into the time-decayed EWMA used by p2c:
@@ -500,7 +416,7 @@ impl Upstream {
         changed
     }
 
-    fn request_resolve(&self) {
+    pub(crate) fn request_resolve(&self) {
         if self.entry.host().needs_resolution() {
             self.resolve_wanted.store(true, Ordering::Relaxed);
         }
@@ -510,6 +426,148 @@ impl Upstream {
     /// (SPEC.md item 39); the DNS shell polls it.
     pub fn take_resolve_request(&self) -> bool {
         self.resolve_wanted.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// State shared by a list and its upstreams (no reference back to the upstreams, so no
+/// reference cycle).
+pub(crate) struct Shared {
+    /// The limits in force; [`UpstreamList::set_limits`] replaces them (health transitions
+    /// read them, picks read the copies below).
+    pub(crate) limits: ArcSwap<Limits>,
+    /// `limits.hash_mode`, fixed when the list is built (the members' tables follow it).
+    pub(crate) hash_mode: crate::HashMode,
+    /// `limits.slow_start` in nanoseconds (read by every weighted pick).
+    pub(crate) slow_start_ns: AtomicU64,
+    /// `limits.default_latency` in seconds, as `f64` bits (read by every p2c pick).
+    pub(crate) default_latency: AtomicU64,
+    /// `limits.balance_factor`, as `f64` bits (read by every `bounded` pick).
+    pub(crate) balance_factor: AtomicU64,
+    /// `limits.max_inflight` (0: none), read by every pick.
+    pub(crate) max_inflight: AtomicU32,
+    /// Picks in flight over the whole list ([`Picked`]s alive), counted only when the list
+    /// hashes with `bounded` (the one reader): other lists do not pay for a shared counter.
+    pub(crate) inflight: AtomicUsize,
+    pub(crate) clock: TimeSource,
+    pub(crate) watchers: Watchers<Upstream>,
+    pub(crate) rng: Rng,
+    /// Upstreams in `Alive`.
+    pub(crate) alive: AtomicUsize,
+    /// Bumped at every membership snapshot published; a snapshot remembers its own, so a
+    /// pick can tell that `alive` counts this snapshot's members (see `Members::select`).
+    pub(crate) generation: AtomicU64,
+    /// Upstreams in `Offline` or `Probing`.
+    pub(crate) offline: AtomicUsize,
+    members: AtomicUsize,
+    /// Earliest revive deadline among offline upstreams (ns), `u64::MAX` when none.
+    pub(crate) next_revive: AtomicU64,
+    /// Bumped after every state transition (see `select::down`).
+    pub(crate) health_epoch: AtomicU64,
+    /// Makes the value an upstream carries ([`UpstreamList::set_values`]). A plain mutex:
+    /// it is read when an upstream joins, never by a pick.
+    pub(crate) values: std::sync::Mutex<Option<Arc<ValueMaker>>>,
+}
+
+/// What [`UpstreamList::set_values`] keeps: a maker of per-upstream values, type-erased.
+pub(crate) type ValueMaker = dyn Fn(&Upstream) -> Box<dyn Any + Send + Sync> + Send + Sync;
+
+/// Where a list's time comes from: the process's monotonic clock, read inline (a pick reads
+/// it whenever some upstream is offline), or an injected clock behind a virtual call.
+pub(crate) enum TimeSource {
+    Monotonic(MonotonicClock),
+    Injected(Arc<dyn Clock>),
+}
+
+impl Shared {
+    pub(crate) fn new(limits: Limits, clock: TimeSource, members: usize) -> Arc<Self> {
+        Arc::new(Shared {
+            rng: Rng::new(limits.seed),
+            hash_mode: limits.hash_mode,
+            slow_start_ns: AtomicU64::new(health::nanos(limits.slow_start)),
+            default_latency: AtomicU64::new(limits.default_latency.as_secs_f64().to_bits()),
+            balance_factor: AtomicU64::new(limits.balance_factor.to_bits()),
+            max_inflight: AtomicU32::new(limits.max_inflight),
+            inflight: AtomicUsize::new(0),
+            limits: ArcSwap::from_pointee(limits),
+            clock,
+            watchers: Watchers::default(),
+            alive: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            offline: AtomicUsize::new(0),
+            members: AtomicUsize::new(members),
+            next_revive: AtomicU64::new(u64::MAX),
+            health_epoch: AtomicU64::new(0),
+            values: std::sync::Mutex::new(None),
+        })
+    }
+
+    #[inline]
+    pub(crate) fn now_ns(&self) -> u64 {
+        match &self.clock {
+            TimeSource::Monotonic(clock) => clock.nanos(),
+            TimeSource::Injected(clock) => clock.now_nanos(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Duration {
+        match &self.clock {
+            TimeSource::Monotonic(clock) => clock.now(),
+            TimeSource::Injected(clock) => clock.now(),
+        }
+    }
+
+    /// Gives a new upstream its value, when the list carries values.
+    pub(crate) fn make_value(&self, up: &Upstream) {
+        let maker = self
+            .values
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(make) = maker {
+            up.set_value(make(up));
+        }
+    }
+
+    pub(crate) fn member_count(&self) -> usize {
+        self.members.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_member_count(&self, n: usize) {
+        self.members.store(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn emit(&self, event: Event, upstream: &Upstream, errors: u32) {
+        self.watchers.emit(event, upstream, errors);
+    }
+
+    pub(crate) fn revive_delay(&self) -> u64 {
+        let limits = self.limits.load();
+        health::jittered(limits.revive_time, limits.revive_jitter, self.rng.unit())
+    }
+
+    /// Publishes `limits` and the picks' copies of them.
+    pub(crate) fn publish_limits(&self, limits: Limits) {
+        self.slow_start_ns
+            .store(health::nanos(limits.slow_start), Ordering::Relaxed);
+        self.default_latency.store(
+            limits.default_latency.as_secs_f64().to_bits(),
+            Ordering::Relaxed,
+        );
+        self.balance_factor
+            .store(limits.balance_factor.to_bits(), Ordering::Relaxed);
+        self.max_inflight
+            .store(limits.max_inflight, Ordering::Relaxed);
+        self.limits.store(Arc::new(limits));
+    }
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("limits", &*self.limits.load())
+            .field("alive", &self.alive)
+            .field("offline", &self.offline)
+            .finish_non_exhaustive()
     }
 }
 

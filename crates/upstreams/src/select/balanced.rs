@@ -59,7 +59,7 @@
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::health::mix64;
+use crate::random::mix64;
 
 /// Seed of the key hash ("upstream" in ASCII).
 const KEY_SEED: u64 = 0x7570_7374_7265_616d;

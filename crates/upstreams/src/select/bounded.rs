@@ -50,7 +50,7 @@ pub(crate) fn shares(weights: impl Iterator<Item = u16>) -> Box<[f64]> {
 /// `c × (T + 1) / A` for the list now: member `j` is under its bound while
 /// `inflight_j < scale × shares[j]`.
 #[inline]
-pub(crate) fn scale(shared: &crate::list::Shared, members: usize) -> f64 {
+pub(crate) fn scale(shared: &crate::upstream::Shared, members: usize) -> f64 {
     let alive = shared
         .alive
         .load(Ordering::Relaxed)
@@ -85,7 +85,7 @@ pub(crate) fn lookup(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::mix64;
+    use crate::random::mix64;
     use std::cell::{Cell, RefCell};
 
     /// Mean members asked per pick, and the fraction of picks served at home, with Zipf(1.1)

@@ -6,9 +6,6 @@
 //! with the most tokens left). Success returns the tokens, failure does not.
 
 use crate::sync::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use crate::upstream::Upstream;
 
 const MAX_TOKENS: u64 = 10_000;
 const BASE_COST: u64 = 10;
@@ -107,18 +104,23 @@ impl Bucket {
     }
 }
 
-/// Picks for a request of `size` bytes at `now`; returns the member and the tokens taken.
-pub(crate) fn pick(upstreams: &[Arc<Upstream>], size: usize, now: u64) -> Option<(usize, u32)> {
+/// Picks for a request of `size` bytes at `now` among `buckets` (one per member, `None`
+/// for a member that is not selectable); returns the member and the tokens taken.
+pub(crate) fn pick<'a>(
+    buckets: impl ExactSizeIterator<Item = Option<&'a Bucket>> + Clone,
+    size: usize,
+    now: u64,
+) -> Option<(usize, u32)> {
     let cost = cost(size);
     let mut affordable: Option<(usize, u64)> = None;
     let mut richest: Option<(usize, u64)> = None;
-    for (i, up) in upstreams.iter().enumerate() {
-        if !up.is_alive() {
+    for (i, bucket) in buckets.clone().enumerate() {
+        let Some(bucket) = bucket else {
             continue;
-        }
-        up.tokens.refill(now);
-        let available = up.tokens.available();
-        let inflight = up.tokens.inflight.load(Ordering::Relaxed);
+        };
+        bucket.refill(now);
+        let available = bucket.available();
+        let inflight = bucket.inflight.load(Ordering::Relaxed);
         if available >= cost && affordable.is_none_or(|(_, best)| inflight < best) {
             affordable = Some((i, inflight));
         }
@@ -127,7 +129,7 @@ pub(crate) fn pick(upstreams: &[Arc<Upstream>], size: usize, now: u64) -> Option
         }
     }
     let (index, _) = affordable.or(richest)?;
-    upstreams[index].tokens.take(cost);
+    buckets.clone().nth(index).flatten()?.take(cost);
     Some((index, cost as u32))
 }
 
