@@ -126,7 +126,7 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::FailBare { upstream } => {
                 let ups = list.upstreams();
-                ups[upstream as usize % ups.len()].fail(FailKind::Other, "fuzz");
+                ups[upstream as usize % ups.len()].record_failure(FailKind::Other, "fuzz");
             }
             Op::Advance { millis } => clock.advance(Duration::from_millis(u64::from(millis) * 10)),
             Op::Reconfigure { mask } => {

@@ -189,7 +189,7 @@ async fn item_39_lazy_interval_and_failure_triggers_with_min_interval() {
     let r = Refresher::new(&dns.servers(), &list.limits()).unwrap();
     r.refresh(&list).await;
     let up = list.find("svc.test:80").unwrap();
-    up.fail(FailKind::Address, "refused"); // errors of 10.0.0.1 = 1
+    up.record_failure(FailKind::Address, "refused"); // errors of 10.0.0.1 = 1
     dns.a("svc.test.", &["10.0.0.1", "10.0.0.7"]).await;
     // A failure asks for re-resolution, but not before resolve_min_interval (10 s).
     clock.advance(Duration::from_secs(5));

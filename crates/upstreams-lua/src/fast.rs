@@ -232,7 +232,7 @@ pub(crate) extern "C" fn upstreams_ffi_ok(pick: f64, up: f64) -> f64 {
     catch_unwind(|| {
         verdict(pick, up, |t| match t {
             Ok(p) => p.ok(),
-            Err(u) => u.ok(),
+            Err(u) => u.record_success(),
         })
     })
     .unwrap_or(FAILED)
@@ -265,7 +265,7 @@ pub(crate) unsafe extern "C" fn upstreams_ffi_fail(
         let reason = String::from_utf8_lossy(reason);
         verdict(pick, up, |t| match t {
             Ok(p) => p.fail(kind, &reason),
-            Err(u) => u.fail(kind, &reason),
+            Err(u) => u.record_failure(kind, &reason),
         })
     }))
     .unwrap_or(FAILED)

@@ -134,7 +134,7 @@ impl UserData for LuaUpstream {
                 let this = ud.borrow::<LuaUpstream>()?;
                 match this.take_pick() {
                     Some(p) => p.ok(),
-                    None => this.up.ok(),
+                    None => this.up.record_success(),
                 }
                 this.core.clone()
             };
@@ -149,7 +149,7 @@ impl UserData for LuaUpstream {
                 let this = ud.borrow::<LuaUpstream>()?;
                 match this.take_pick() {
                     Some(p) => p.fail(kind, &reason),
-                    None => this.up.fail(kind, &reason),
+                    None => this.up.record_failure(kind, &reason),
                 }
                 this.core.clone()
             };

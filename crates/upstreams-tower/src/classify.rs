@@ -12,7 +12,7 @@ pub enum Verdict {
     /// The upstream did its job: `ok()`, and the latency feeds the estimate.
     Success,
     /// The upstream failed: `fail(kind, reason)` (counted in the error window; see
-    /// [`Upstream::fail`]).
+    /// [`Upstream::record_failure`]).
     Failure(FailKind, Cow<'static, str>),
 }
 

@@ -525,7 +525,7 @@ impl Picked {
         self.done = true;
         self.upstream.end_pick();
         self.upstream.tokens.give_back(self.tokens, true);
-        self.upstream.ok();
+        self.upstream.record_success();
     }
 
     /// Reports failure.
@@ -533,7 +533,7 @@ impl Picked {
         self.done = true;
         self.upstream.end_pick();
         self.upstream.tokens.give_back(self.tokens, false);
-        self.upstream.fail(kind, reason);
+        self.upstream.record_failure(kind, reason);
     }
 
     /// Ends the pick without a verdict.

@@ -12,7 +12,7 @@
 //!
 //! `health.rs` holds the state word's encoding and the error window; this module decides
 //! and publishes. The failure path reads forward: [`Picked::fail`](crate::Picked::fail) →
-//! [`Upstream::fail`] (here) → the window (`health.rs`) → [`Shared::go_offline`] (here) →
+//! [`Upstream::record_failure`] (here) → the window (`health.rs`) → [`Shared::go_offline`] (here) →
 //! the watchers (`event.rs`).
 
 use crate::event::Event;
@@ -77,12 +77,15 @@ impl Shared {
 }
 
 impl Upstream {
-    /// Reports a success: closes the error window, clears the current address's errors,
+    /// Records a success: closes the error window, clears the current address's errors,
     /// ends a probe (the upstream comes back) and fires `success`.
     ///
-    /// This is the health report alone; [`Picked::ok`](crate::Picked::ok) also ends the
-    /// pick's in-flight count.
-    pub fn ok(&self) {
+    /// This is the health report alone, for an upstream used without a [`Picked`]
+    /// (a check, a view); [`Picked::ok`] ends a pick and records its success.
+    ///
+    /// [`Picked`]: crate::Picked
+    /// [`Picked::ok`]: crate::Picked::ok
+    pub fn record_success(&self) {
         self.clear_errors();
         if health::tag(self.state.load(Ordering::Relaxed)) == health::PROBING {
             self.probe_failures.store(0, Ordering::Relaxed);
@@ -97,10 +100,12 @@ impl Upstream {
         self.shared.emit(Event::Success, self, 0);
     }
 
-    /// Reports a failure (SPEC.md §4): counts it in the error window and may take the
+    /// Records a failure (SPEC.md §4): counts it in the error window and may take the
     /// upstream offline. `reason` is kept as [`Upstream::last_failure`], so a watcher of
-    /// `failure` / `offline` (or a status page) can say why.
-    pub fn fail(&self, kind: FailKind, reason: &str) {
+    /// `failure` / `offline` (or a status page) can say why. The health report alone, as
+    /// [`record_success`](Upstream::record_success); [`Picked::fail`](crate::Picked::fail)
+    /// ends a pick and records its failure.
+    pub fn record_failure(&self, kind: FailKind, reason: &str) {
         self.note_failure(kind, reason);
         let now = self.shared.now_ns();
         let word = self.state.load(Ordering::Acquire);

@@ -72,7 +72,7 @@ pub struct Upstream {
     /// Latency estimate in seconds (`f64` bits); `u64::MAX` = no sample yet.
     latency: AtomicU64,
     latency_at: Mutex<Option<u64>>,
-    /// The reason given with the latest [`Upstream::fail`], for watchers and status pages.
+    /// The reason given with the latest [`Upstream::record_failure`], for watchers and status pages.
     last_failure: Mutex<Option<Box<str>>>,
     pub(crate) tokens: crate::tokens::Bucket,
     addrs: Mutex<Addrs>,

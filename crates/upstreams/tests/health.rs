@@ -21,8 +21,8 @@ fn item_28_address_failure_counts_against_the_address() {
     let (l, _) = list("a.example:80", exact());
     let up = l.find("a.example:80").unwrap();
     l.set_addresses(&up, &[ip("10.0.0.1"), ip("10.0.0.2")]);
-    up.fail(FailKind::Address, "refused");
-    up.fail(FailKind::Other, "bad reply");
+    up.record_failure(FailKind::Address, "refused");
+    up.record_failure(FailKind::Other, "bad reply");
     assert_eq!(
         up.addrs()[0].1,
         1,
@@ -37,11 +37,11 @@ fn item_29_six_failures_over_ten_seconds() {
     let log = record(&l);
     let up = l.find("127.0.0.1").unwrap();
     for _ in 0..5 {
-        up.fail(FailKind::Other, "x");
+        up.record_failure(FailKind::Other, "x");
     }
     assert!(up.is_alive());
     clock.advance(Duration::from_secs(10));
-    up.fail(FailKind::Other, "x");
+    up.record_failure(FailKind::Other, "x");
     assert!(!up.is_alive());
     let log = log.lock().unwrap();
     assert_eq!(
@@ -58,13 +58,13 @@ fn item_30_consecutive_errors_fast_path() {
         exact().with_max_consecutive_errors(3),
     );
     let up = l.find("127.0.0.1").unwrap();
-    up.fail(FailKind::Other, "x");
-    up.fail(FailKind::Other, "x");
-    up.ok();
-    up.fail(FailKind::Other, "x");
-    up.fail(FailKind::Other, "x");
+    up.record_failure(FailKind::Other, "x");
+    up.record_failure(FailKind::Other, "x");
+    up.record_success();
+    up.record_failure(FailKind::Other, "x");
+    up.record_failure(FailKind::Other, "x");
     assert!(up.is_alive(), "ok() breaks the run");
-    up.fail(FailKind::Other, "x");
+    up.record_failure(FailKind::Other, "x");
     assert!(!up.is_alive(), "three in a row");
 }
 
@@ -73,7 +73,7 @@ fn item_31_single_upstream_never_offline() {
     let (l, clock) = list("127.0.0.1", exact().with_max_consecutive_errors(2));
     let up = l.find("127.0.0.1").unwrap();
     for _ in 0..1000 {
-        up.fail(FailKind::Other, "x");
+        up.record_failure(FailKind::Other, "x");
         clock.advance(Duration::from_millis(100));
     }
     assert!(up.is_alive());
@@ -86,7 +86,7 @@ fn item_32_going_offline() {
     let up = l.find("a.example").unwrap();
     l.set_addresses(&up, &[ip("10.0.0.1")]);
     assert!(!up.take_resolve_request());
-    up.fail(FailKind::Other, "x");
+    up.record_failure(FailKind::Other, "x");
     assert!(
         up.take_resolve_request(),
         "first failure of a window asks for re-resolution"
@@ -312,11 +312,11 @@ fn item_37_success_on_every_ok_failure_on_every_counted_fail() {
     let (l, _) = list("127.0.0.1,127.0.0.2", exact());
     let log = record(&l);
     let up = l.find("127.0.0.2").unwrap();
-    up.ok();
-    up.ok();
-    up.fail(FailKind::Other, "x");
-    up.fail(FailKind::Other, "x");
-    up.ok();
+    up.record_success();
+    up.record_success();
+    up.record_failure(FailKind::Other, "x");
+    up.record_failure(FailKind::Other, "x");
+    up.record_success();
     assert_eq!(
         *log.lock().unwrap(),
         [
@@ -362,10 +362,10 @@ fn item_40_address_order_errors_and_rotation() {
     let order: Vec<String> = up.addrs().iter().map(|(a, _)| a.ip().to_string()).collect();
     assert_eq!(order, ["127.0.0.1", "127.0.0.2", "::1"], "IPv4 first");
     // errors .1 = 2, .2 = 1
-    up.fail(FailKind::Address, "x");
-    up.fail(FailKind::Address, "x");
+    up.record_failure(FailKind::Address, "x");
+    up.record_failure(FailKind::Address, "x");
     assert_eq!(up.next_addr().unwrap().ip(), ip("127.0.0.2"));
-    up.fail(FailKind::Address, "x");
+    up.record_failure(FailKind::Address, "x");
     assert_eq!(
         up.next_addr().unwrap().ip(),
         ip("::1"),
@@ -380,7 +380,7 @@ fn item_40_address_order_errors_and_rotation() {
         ip("::1"),
         "current address stays current"
     );
-    up.ok();
+    up.record_success();
     assert_eq!(up.addrs()[2].1, 0, "ok() clears the current address");
 }
 
@@ -430,11 +430,11 @@ fn set_limits_applies_to_a_live_list_and_keeps_health() {
     let (control, control_clock) = list("127.0.0.1,127.0.0.2,127.0.0.3", exact());
     let c = control.find("127.0.0.2").unwrap();
     for (up, clock) in [(&b, &clock), (&c, &control_clock)] {
-        up.fail(FailKind::Other, "x");
-        up.fail(FailKind::Other, "x");
+        up.record_failure(FailKind::Other, "x");
+        up.record_failure(FailKind::Other, "x");
         assert!(up.is_alive());
         clock.advance(Duration::from_secs(2));
-        up.fail(FailKind::Other, "x");
+        up.record_failure(FailKind::Other, "x");
     }
     assert!(c.is_alive(), "the old limits tolerate it");
     assert!(!b.is_alive(), "the new max_errors / error_time count");
@@ -522,7 +522,7 @@ fn the_failure_reason_reaches_watchers() {
     });
     let up = l.upstreams()[0].clone();
     assert_eq!(up.last_failure(), None);
-    up.fail(upstreams::FailKind::Address, "connect refused");
+    up.record_failure(upstreams::FailKind::Address, "connect refused");
     assert_eq!(
         seen.lock().unwrap().as_slice(),
         [Some("connect refused".to_owned())]

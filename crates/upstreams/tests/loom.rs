@@ -52,9 +52,9 @@ fn racing_failures_take_an_upstream_offline_once() {
         let a = list.upstreams()[0].clone();
         let other = {
             let a = a.clone();
-            thread::spawn(move || a.fail(FailKind::Other, "t1"))
+            thread::spawn(move || a.record_failure(FailKind::Other, "t1"))
         };
-        a.fail(FailKind::Other, "t0");
+        a.record_failure(FailKind::Other, "t0");
         other.join().unwrap();
         assert_eq!(offline.load(Ordering::SeqCst), 1);
         assert_eq!(list.alive_count(), 1);
@@ -71,7 +71,7 @@ fn racing_picks_revive_an_upstream_once() {
         let list = two(&clock);
         let online = count(&list, Event::Online);
         let a = list.upstreams()[0].clone();
-        a.fail(FailKind::Other, "down");
+        a.record_failure(FailKind::Other, "down");
         assert!(!a.is_alive());
         clock.advance(Duration::from_secs(61));
         let other = {
@@ -95,9 +95,9 @@ fn a_due_probe_is_handed_to_one_caller() {
         let list = two(&clock);
         let online = count(&list, Event::Online);
         let [a, b] = [list.upstreams()[0].clone(), list.upstreams()[1].clone()];
-        a.fail(FailKind::Other, "down");
+        a.record_failure(FailKind::Other, "down");
         clock.advance(Duration::from_secs(30));
-        b.fail(FailKind::Other, "down"); // due 30 s after a
+        b.record_failure(FailKind::Other, "down"); // due 30 s after a
         clock.advance(Duration::from_secs(31)); // a is due, b is not
         assert_eq!(list.alive_count(), 0);
         // Each caller keeps its handle until both have picked: a probe released by a caller

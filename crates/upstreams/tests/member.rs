@@ -56,7 +56,7 @@ fn item_41_srv_targets_join_stay_and_drain() {
         );
     }
     let a = l.find("a.example:1001").unwrap();
-    a.fail(FailKind::Other, "x");
+    a.record_failure(FailKind::Other, "x");
 
     // b disappears, c joins; a stays with its errors.
     let change = l.set_srv_targets(
@@ -323,8 +323,8 @@ fn drain_and_undrain_by_an_operator() {
     for _ in 0..10 {
         assert_eq!(l.get(Rotation::RoundRobin, b"").unwrap().name(), b_name);
     }
-    a.fail(upstreams::FailKind::Other, "ignored while drained");
-    a.ok();
+    a.record_failure(upstreams::FailKind::Other, "ignored while drained");
+    a.record_success();
     assert_eq!(a.state(), upstreams::State::Draining);
     drop(held);
     assert!(l.undrain(&a));
@@ -411,7 +411,7 @@ fn discovery_changes_from_a_channel() {
     assert_eq!(l.len(), 3);
     // Health survives a weight change.
     let b = l.find("10.0.0.2:80").unwrap();
-    b.fail(FailKind::Other, "one error");
+    b.record_failure(FailKind::Other, "one error");
     tx.send(Change::Insert(socket("10.0.0.2:80").with_weight(5)))
         .unwrap();
     let change = l.apply(rx.try_iter());

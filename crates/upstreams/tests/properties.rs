@@ -29,7 +29,7 @@ fn definition(weights: &[u16]) -> String {
 fn set_down(list: &UpstreamList, down: &[bool]) {
     for (up, &d) in list.upstreams().iter().zip(down) {
         if d && up.is_alive() {
-            up.fail(FailKind::Other, "prop");
+            up.record_failure(FailKind::Other, "prop");
         }
     }
 }
@@ -110,7 +110,7 @@ proptest! {
         let victim = victim % weights.len();
         let before = mapping(&list, 1000);
         let name = list.upstreams()[victim].name().to_owned();
-        list.upstreams()[victim].fail(FailKind::Other, "prop");
+        list.upstreams()[victim].record_failure(FailKind::Other, "prop");
         let after = mapping(&list, 1000);
         for (b, a) in before.iter().zip(&after) {
             if *b == name { prop_assert_ne!(a, &name); } else { prop_assert_eq!(a, b); }

@@ -88,7 +88,7 @@ fn item_15_inflight_counts() {
     assert_eq!(up.inflight(), 1);
     drop(c);
     assert_eq!(up.inflight(), 0);
-    up.ok(); // a bare health report does not touch the count
+    up.record_success(); // a bare health report does not touch the count
     assert_eq!(up.inflight(), 0);
     // Snapshot lookups do no accounting at all.
     let snap = l.snapshot();

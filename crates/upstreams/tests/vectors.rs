@@ -105,11 +105,11 @@ fn item_29_error_window_matches_every_golden_timeline() {
             };
             clock.set(t0 + common::secs(at));
             if is_ok {
-                up.ok();
+                up.record_success();
             } else {
                 fails += 1;
                 let before = up.is_alive();
-                up.fail(FailKind::Other, "vector");
+                up.record_failure(FailKind::Other, "vector");
                 if before && !up.is_alive() && went_offline.is_none() {
                     went_offline = Some(fails);
                 }

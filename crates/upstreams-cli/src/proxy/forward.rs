@@ -520,7 +520,7 @@ impl Listener {
                     // failure, and an `ok()` now would clear the error window it counts in).
                     // The pick stays in flight for the whole session (p2c's load).
                     if !picked.upstream().is_alive() {
-                        picked.upstream().ok();
+                        picked.upstream().record_success();
                     }
                     tally.to_client = first;
                     tally.to_upstream = sent.len() as u64;

@@ -55,9 +55,9 @@ pub fn secs(text: &str) -> Duration {
 pub fn take_offline(list: &UpstreamList, clock: &ManualClock, name: &str) {
     let up = list.find(name).expect("named upstream exists");
     for _ in 0..=list.limits().max_errors {
-        up.fail(upstreams::FailKind::Other, "test");
+        up.record_failure(upstreams::FailKind::Other, "test");
     }
     clock.advance(list.limits().error_time);
-    up.fail(upstreams::FailKind::Other, "test");
+    up.record_failure(upstreams::FailKind::Other, "test");
     assert!(!up.is_alive(), "{name} should be offline");
 }
