@@ -333,14 +333,13 @@ impl UpstreamList {
         except: &[U],
     ) -> Option<Picked> {
         let members = self.members.load();
+        if except.is_empty() {
+            // The usual pick: no exclusion buffer to fill.
+            return pick_from(&members, &self.shared, rotation, key, &[]);
+        }
         let mut slots = [0usize; MAX_EXCLUDED];
         let except = excluded_slots(&members, except, &mut slots);
-        let cap = self.shared.max_inflight.load(Ordering::Relaxed);
-        if cap != 0 {
-            return pick_capped(&members, &self.shared, rotation, key, except, cap);
-        }
-        let index = choose(&members, &self.shared, rotation, key, except)?;
-        Some(hand_out(&members.upstreams[index], 0))
+        pick_from(&members, &self.shared, rotation, key, except)
     }
 
     /// A snapshot of the membership for a batch of lookups that need no in-flight
@@ -364,6 +363,23 @@ impl UpstreamList {
         }
         changed
     }
+}
+
+/// A pick from `members`, keeping out the members whose slots are in `except`.
+#[inline]
+fn pick_from(
+    members: &Members,
+    shared: &Shared,
+    rotation: Rotation,
+    key: &[u8],
+    except: &[usize],
+) -> Option<Picked> {
+    let cap = shared.max_inflight.load(Ordering::Relaxed);
+    if cap != 0 {
+        return pick_capped(members, shared, rotation, key, except, cap);
+    }
+    let index = choose(members, shared, rotation, key, except)?;
+    Some(hand_out(&members.upstreams[index], 0))
 }
 
 /// [`UpstreamList::pick`] under `max_inflight`: the selection skips full upstreams, and the
