@@ -16,7 +16,7 @@ use crate::limits::Limits;
 use crate::parse::Definition;
 use crate::rotation::Rotation;
 use crate::select::Members;
-use crate::sync::{AtomicU8, Mutex, MutexGuard, Ordering};
+use crate::sync::{Mutex, MutexGuard, Ordering};
 use crate::transition::{self, maintain};
 use crate::upstream::{FailKind, Shared, TimeSource, Upstream, ValueMaker};
 use crate::Error;
@@ -30,13 +30,11 @@ pub const MAX_EXCLUDED: usize = 16;
 /// allocate; membership lives in one immutable snapshot swapped whole.
 pub struct UpstreamList {
     shared: Arc<Shared>,
+    /// The membership snapshot: members, the definition's rotation and entries, swapped
+    /// whole (a reload is one swap).
     members: ArcSwap<Members>,
-    /// The definition's prefix: 0 = none, else 1 + index in `Rotation::ALL`.
-    rotation: AtomicU8,
     /// Serialises membership writers (readers never take it).
     rebuild: Mutex<()>,
-    /// The definition's entries (SRV entries expand to members).
-    entries: ArcSwap<Vec<crate::parse::Entry>>,
 }
 
 impl UpstreamList {
@@ -78,25 +76,18 @@ impl UpstreamList {
             .map(|(i, e)| Upstream::new(e.clone(), i, 0, Arc::clone(&shared)))
             .collect();
         transition::count_initial(&shared, &upstreams);
-        let members = Members::build(upstreams, shared.hash_mode);
+        let mut members = Members::build(upstreams, shared.hash_mode);
+        members.rotation = definition.rotation();
+        members.entries = Arc::new(entries.to_vec());
         Ok(Self {
             shared,
             members: ArcSwap::from_pointee(members),
-            rotation: AtomicU8::new(encode_rotation(definition.rotation())),
             rebuild: Mutex::new(()),
-            entries: ArcSwap::from_pointee(entries.to_vec()),
         })
     }
 
     pub(crate) fn definition_entries(&self) -> Arc<Vec<crate::parse::Entry>> {
-        self.entries.load_full()
-    }
-
-    /// Replaces the definition (a configuration reload) and its rotation prefix.
-    pub(crate) fn set_definition(&self, def: &Definition) {
-        self.entries.store(Arc::new(def.entries().to_vec()));
-        self.rotation
-            .store(encode_rotation(def.rotation()), Ordering::Relaxed);
+        Arc::clone(&self.members.load().entries)
     }
 
     pub(crate) fn rebuild_lock(&self) -> MutexGuard<'_, ()> {
@@ -112,7 +103,20 @@ impl UpstreamList {
     }
 
     /// Publishes a new membership snapshot (one atomic swap).
-    pub(crate) fn publish(&self, mut members: Members) {
+    /// Publishes `members` with `definition`'s rotation and entries (a reload), or with the
+    /// current ones (`None`: an SRV answer, a drain). Callers hold the rebuild lock.
+    pub(crate) fn publish(&self, mut members: Members, definition: Option<&Definition>) {
+        match definition {
+            Some(def) => {
+                members.rotation = def.rotation();
+                members.entries = Arc::new(def.entries().to_vec());
+            }
+            None => {
+                let current = self.members.load();
+                members.rotation = current.rotation;
+                members.entries = Arc::clone(&current.entries);
+            }
+        }
         // Relaxed: only compared for equality by picks; a pick that races a publish may see
         // either value, as it may load either snapshot.
         members.generation = self.shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -127,7 +131,7 @@ impl UpstreamList {
 
     /// The rotation named by the definition's prefix, if any.
     pub fn rotation(&self) -> Option<Rotation> {
-        decode_rotation(self.rotation.load(Ordering::Relaxed))
+        self.members.load().rotation
     }
 
     /// The limits in force: those the list was built with, or the latest
@@ -264,25 +268,29 @@ impl UpstreamList {
     /// Picks with the list's own rotation when its definition named one, else `rotation`
     /// (rspamd's non-forced get). `key` matters for [`Rotation::Hashed`] only.
     pub fn get(&self, rotation: Rotation, key: &[u8]) -> Option<Picked> {
-        self.pick::<&Upstream>(self.rotation().unwrap_or(rotation), key, &[])
+        let members = self.members.load();
+        let rotation = members.rotation.unwrap_or(rotation);
+        pick_from(&members, &self.shared, rotation, key, &[])
     }
 
     /// Picks with `rotation` whatever the definition's prefix says.
     pub fn get_forced(&self, rotation: Rotation, key: &[u8]) -> Option<Picked> {
-        self.pick::<&Upstream>(rotation, key, &[])
+        pick_from(&self.members.load(), &self.shared, rotation, key, &[])
     }
 
     /// Picks any upstream but `except` (for retries); returns `except` only when it is the
     /// one selectable upstream.
     pub fn get_except(&self, except: &Upstream, rotation: Rotation, key: &[u8]) -> Option<Picked> {
-        let rotation = self.rotation().unwrap_or(rotation);
-        self.pick(rotation, key, &[except]).or_else(|| {
-            // Sequential's `None` is its end of round, not "nothing else selectable".
-            let only_one = self.alive_count() <= 1;
-            (rotation != Rotation::Sequential || only_one)
-                .then(|| self.pick::<&Upstream>(rotation, key, &[]))
-                .flatten()
-        })
+        let members = self.members.load();
+        let rotation = members.rotation.unwrap_or(rotation);
+        self.pick_in(&members, rotation, key, &[except])
+            .or_else(|| {
+                // Sequential's `None` is its end of round, not "nothing else selectable".
+                let only_one = self.alive_count() <= 1;
+                (rotation != Rotation::Sequential || only_one)
+                    .then(|| pick_from(&members, &self.shared, rotation, key, &[]))
+                    .flatten()
+            })
     }
 
     /// Picks an upstream that is none of `tried` (a retry after several attempts), or
@@ -300,12 +308,13 @@ impl UpstreamList {
         rotation: Rotation,
         key: &[u8],
     ) -> Option<Picked> {
-        let rotation = self.rotation().unwrap_or(rotation);
+        let members = self.members.load();
+        let rotation = members.rotation.unwrap_or(rotation);
         let tried = &tried[tried.len().saturating_sub(MAX_EXCLUDED)..];
-        self.pick(rotation, key, tried).or_else(|| {
+        self.pick_in(&members, rotation, key, tried).or_else(|| {
             // Sequential's `None` may be the end of its round: the cursor wrapped, ask again.
             (rotation == Rotation::Sequential)
-                .then(|| self.pick(rotation, key, tried))
+                .then(|| self.pick_in(&members, rotation, key, tried))
                 .flatten()
         })
     }
@@ -325,21 +334,20 @@ impl UpstreamList {
         Some(hand_out(&members.upstreams[index], cost))
     }
 
-    #[inline]
-    fn pick<U: Borrow<Upstream>>(
+    /// A pick from `members` that keeps the upstreams in `except` out.
+    fn pick_in<U: Borrow<Upstream>>(
         &self,
+        members: &Members,
         rotation: Rotation,
         key: &[u8],
         except: &[U],
     ) -> Option<Picked> {
-        let members = self.members.load();
         if except.is_empty() {
-            // The usual pick: no exclusion buffer to fill.
-            return pick_from(&members, &self.shared, rotation, key, &[]);
+            return pick_from(members, &self.shared, rotation, key, &[]);
         }
         let mut slots = [0usize; MAX_EXCLUDED];
-        let except = excluded_slots(&members, except, &mut slots);
-        pick_from(&members, &self.shared, rotation, key, except)
+        let except = excluded_slots(members, except, &mut slots);
+        pick_from(members, &self.shared, rotation, key, except)
     }
 
     /// A snapshot of the membership for a batch of lookups that need no in-flight
@@ -350,7 +358,6 @@ impl UpstreamList {
         Snapshot {
             members: self.members.load_full(),
             shared: Arc::clone(&self.shared),
-            rotation: self.rotation(),
         }
     }
     /// Hands a resolver's answer to the upstream named by `upstream` (A/AAAA addresses; the
@@ -466,14 +473,13 @@ fn excluded_slots<'b, U: Borrow<Upstream>>(
 pub struct Snapshot {
     members: Arc<Members>,
     shared: Arc<Shared>,
-    rotation: Option<Rotation>,
 }
 
 impl Snapshot {
     /// Like [`UpstreamList::get`] (the definition's prefix wins), without a handle.
     #[inline]
     pub fn select(&self, rotation: Rotation, key: &[u8]) -> Option<&Arc<Upstream>> {
-        let rotation = self.rotation.unwrap_or(rotation);
+        let rotation = self.members.rotation.unwrap_or(rotation);
         let i = choose(&self.members, &self.shared, rotation, key, &[])?;
         Some(&self.members.upstreams[i])
     }
@@ -582,14 +588,4 @@ impl fmt::Debug for Picked {
             .field(&self.upstream.name())
             .finish()
     }
-}
-
-fn encode_rotation(r: Option<Rotation>) -> u8 {
-    r.and_then(|r| Rotation::ALL.iter().position(|x| *x == r))
-        .map_or(0, |i| i as u8 + 1)
-}
-
-fn decode_rotation(v: u8) -> Option<Rotation> {
-    v.checked_sub(1)
-        .and_then(|i| Rotation::ALL.get(usize::from(i)).copied())
 }

@@ -126,7 +126,7 @@ impl UpstreamList {
             return change;
         }
         shared.set_member_count(next.len());
-        self.publish(Members::build(next, shared.hash_mode));
+        self.publish(Members::build(next, shared.hash_mode), None);
         change
     }
 }
@@ -255,8 +255,7 @@ impl UpstreamList {
             }
         }
         shared.set_member_count(next.len());
-        self.set_definition(definition);
-        self.publish(Members::build(next, shared.hash_mode));
+        self.publish(Members::build(next, shared.hash_mode), Some(definition));
         change
     }
 }

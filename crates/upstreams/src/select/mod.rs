@@ -48,6 +48,12 @@ pub(crate) struct Members {
     down: down::DownBits,
     /// The list's membership generation when this snapshot was published.
     pub(crate) generation: u64,
+    /// The rotation the definition's prefix names, published with the members it goes
+    /// with: a pick that races a reload sees the old pair or the new one, never a mix.
+    pub(crate) rotation: Option<Rotation>,
+    /// The definition's entries (an SRV entry expands to several members), with the same
+    /// guarantee.
+    pub(crate) entries: Arc<Vec<crate::parse::Entry>>,
 }
 
 impl Members {
@@ -90,6 +96,8 @@ impl Members {
             down: down::DownBits::new(upstreams.len()),
             weighted: weights.iter().any(|&w| w > 0),
             generation: 0,
+            rotation: None,
+            entries: Arc::default(),
             upstreams: upstreams.into_boxed_slice(),
         }
     }
