@@ -18,7 +18,6 @@ use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
-use serde_json::{json, Value};
 
 use super::Proxy;
 
@@ -196,86 +195,158 @@ async fn readyz(State(proxy): State<Arc<Proxy>>) -> impl IntoResponse {
     }
 }
 
-/// Everything the pages show, as JSON (the HTML page renders the same data): one page of
-/// each listener's upstreams.
-pub(crate) fn snapshot(proxy: &Proxy, paging: Paging) -> Value {
+/// Everything the pages show: `/status.json` serialises it, `/status` renders it (one
+/// typed snapshot, so a renamed field is a compile error, not a blank cell).
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct StatusSnapshot {
+    uptime_seconds: f64,
+    open_sessions: usize,
+    listeners: Vec<ListenerStatus>,
+}
+
+/// One listener and one page of its upstreams.
+#[derive(Debug, serde::Serialize)]
+struct ListenerStatus {
+    listen: String,
+    definition: String,
+    rotation: String,
+    accepted: u64,
+    refused: u64,
+    failed: u64,
+    idle_closed: u64,
+    accept_errors: u64,
+    proxy_protocol_rejected: u64,
+    queued_total: u64,
+    queued: i64,
+    queue_timeouts: u64,
+    connections: i64,
+    accept_paused: u64,
+    upstreams_total: usize,
+    offset: usize,
+    upstreams: Vec<UpstreamStatus>,
+}
+
+/// One upstream of a listener.
+#[derive(Debug, serde::Serialize)]
+struct UpstreamStatus {
+    name: String,
+    state: &'static str,
+    weight: u16,
+    errors: u32,
+    last_failure: Option<String>,
+    inflight: u32,
+    addresses: Vec<String>,
+    picks: u64,
+    active: i64,
+    bytes_in: u64,
+    bytes_out: u64,
+    connect_failures: u64,
+    session_failures: u64,
+    last_change: Option<LastChange>,
+    check: Option<CheckView>,
+}
+
+/// The latest state change of an upstream.
+#[derive(Debug, serde::Serialize)]
+struct LastChange {
+    event: &'static str,
+    unix: f64,
+    seconds_ago: f64,
+}
+
+/// The latest active health check of an upstream.
+#[derive(Debug, serde::Serialize)]
+struct CheckView {
+    ok: bool,
+    error: Option<String>,
+    duration_seconds: f64,
+    streak: i64,
+    checked_out: bool,
+    checks: u64,
+    failures: u64,
+}
+
+/// The snapshot of the proxy: one page of each listener's upstreams.
+pub(crate) fn snapshot(proxy: &Proxy, paging: Paging) -> StatusSnapshot {
     let limit = paging.limit.min(PAGE);
-    let listeners: Vec<Value> = proxy
+    let listeners = proxy
         .listeners()
         .iter()
         .map(|l| {
             let settings = l.settings();
             let checker = l.checker();
             let shown = l.shown_upstreams();
-            let upstreams: Vec<Value> = shown
+            let upstreams = shown
                 .iter()
                 .skip(paging.offset)
                 .take(limit)
                 .map(|up| {
                     let s = l.stats.upstream(up.name());
-                    let last_change = s.last_change().map(|(at, what)| {
-                        json!({
-                            "event": what,
-                            "unix": at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-                            "seconds_ago": at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
-                        })
+                    let last_change = s.last_change().map(|(at, event)| LastChange {
+                        event,
+                        unix: at
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_secs_f64())
+                            .unwrap_or(0.0),
+                        seconds_ago: at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
                     });
-                    let check = checker.as_ref().and_then(|c| c.status(up)).map(|c| {
-                        json!({
-                            "ok": c.ok,
-                            "error": c.error,
-                            "duration_seconds": c.duration.as_secs_f64(),
-                            "streak": c.streak,
-                            "checked_out": c.checked_out,
-                            "checks": c.checks,
-                            "failures": c.failures,
-                        })
-                    });
-                    json!({
-                        "name": up.name(),
-                        "state": up.state().name(),
-                        "weight": up.weight(),
-                        "errors": up.errors(),
-                        "last_failure": up.last_failure(),
-                        "inflight": up.inflight(),
-                        "addresses": up.addrs().iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>(),
-                        "picks": s.picks.load(Ordering::Relaxed),
-                        "active": s.active.load(Ordering::Relaxed),
-                        "bytes_in": s.bytes_in.load(Ordering::Relaxed),
-                        "bytes_out": s.bytes_out.load(Ordering::Relaxed),
-                        "connect_failures": s.connect_failures.load(Ordering::Relaxed),
-                        "session_failures": s.session_failures.load(Ordering::Relaxed),
-                        "last_change": last_change,
-                        "check": check,
-                    })
+                    let check = checker
+                        .as_ref()
+                        .and_then(|c| c.status(up))
+                        .map(|c| CheckView {
+                            ok: c.ok,
+                            error: c.error,
+                            duration_seconds: c.duration.as_secs_f64(),
+                            streak: c.streak,
+                            checked_out: c.checked_out,
+                            checks: c.checks,
+                            failures: c.failures,
+                        });
+                    UpstreamStatus {
+                        name: up.name().to_owned(),
+                        state: up.state().name(),
+                        weight: up.weight(),
+                        errors: up.errors(),
+                        last_failure: up.last_failure(),
+                        inflight: up.inflight(),
+                        addresses: up.addrs().iter().map(|(a, _)| a.to_string()).collect(),
+                        picks: s.picks.load(Ordering::Relaxed),
+                        active: s.active.load(Ordering::Relaxed),
+                        bytes_in: s.bytes_in.load(Ordering::Relaxed),
+                        bytes_out: s.bytes_out.load(Ordering::Relaxed),
+                        connect_failures: s.connect_failures.load(Ordering::Relaxed),
+                        session_failures: s.session_failures.load(Ordering::Relaxed),
+                        last_change,
+                        check,
+                    }
                 })
                 .collect();
-            json!({
-                "listen": l.bound.to_string(),
-                "definition": shortened(l.list.to_string()),
-                "rotation": l.list.rotation().unwrap_or(settings.rotation).to_string(),
-                "accepted": l.stats.accepted.load(Ordering::Relaxed),
-                "refused": l.stats.refused.load(Ordering::Relaxed),
-                "failed": l.stats.failed.load(Ordering::Relaxed),
-                "idle_closed": l.stats.idle_closed.load(Ordering::Relaxed),
-                "accept_errors": l.stats.accept_errors.load(Ordering::Relaxed),
-                "proxy_protocol_rejected": l.stats.proxy_rejected.load(Ordering::Relaxed),
-                "queued_total": l.stats.queued_total.load(Ordering::Relaxed),
-                "queued": l.stats.queued.load(Ordering::Relaxed),
-                "queue_timeouts": l.stats.queue_timeouts.load(Ordering::Relaxed),
-                "connections": l.stats.connections.load(Ordering::Relaxed),
-                "accept_paused": l.stats.accept_paused.load(Ordering::Relaxed),
-                "upstreams_total": shown.len(),
-                "offset": paging.offset,
-                "upstreams": upstreams,
-            })
+            ListenerStatus {
+                listen: l.bound.to_string(),
+                definition: shortened(l.list.to_string()),
+                rotation: l.list.rotation().unwrap_or(settings.rotation).to_string(),
+                accepted: l.stats.accepted.load(Ordering::Relaxed),
+                refused: l.stats.refused.load(Ordering::Relaxed),
+                failed: l.stats.failed.load(Ordering::Relaxed),
+                idle_closed: l.stats.idle_closed.load(Ordering::Relaxed),
+                accept_errors: l.stats.accept_errors.load(Ordering::Relaxed),
+                proxy_protocol_rejected: l.stats.proxy_rejected.load(Ordering::Relaxed),
+                queued_total: l.stats.queued_total.load(Ordering::Relaxed),
+                queued: l.stats.queued.load(Ordering::Relaxed),
+                queue_timeouts: l.stats.queue_timeouts.load(Ordering::Relaxed),
+                connections: l.stats.connections.load(Ordering::Relaxed),
+                accept_paused: l.stats.accept_paused.load(Ordering::Relaxed),
+                upstreams_total: shown.len(),
+                offset: paging.offset,
+                upstreams,
+            }
         })
         .collect();
-    json!({
-        "uptime_seconds": proxy.started.elapsed().as_secs_f64(),
-        "open_sessions": proxy.sessions.open(),
-        "listeners": listeners,
-    })
+    StatusSnapshot {
+        uptime_seconds: proxy.started.elapsed().as_secs_f64(),
+        open_sessions: proxy.sessions.open(),
+        listeners,
+    }
 }
 
 /// A definition as the pages show it: whole up to 4 KiB, else its start and how much more
@@ -323,77 +394,67 @@ async fn status_html(
     let _ = write!(
         page,
         "<p>uptime {:.0} s, open sessions {}</p>",
-        snap["uptime_seconds"].as_f64().unwrap_or(0.0),
-        snap["open_sessions"]
+        snap.uptime_seconds, snap.open_sessions
     );
-    for l in snap["listeners"].as_array().into_iter().flatten() {
+    for l in &snap.listeners {
         let _ = write!(
             page,
             "<h2>listener {}</h2><p>{} &middot; rotation {} &middot; accepted {} &middot; refused {}</p>\
              <table><tr><th>upstream</th><th>state</th><th>weight</th><th>errors</th><th>active</th>\
              <th>picks</th><th>connect failures</th><th>bytes in</th><th>bytes out</th><th>last change</th>\
              <th>health check</th></tr>",
-            escape(l["listen"].as_str().unwrap_or("")),
-            escape(l["definition"].as_str().unwrap_or("")),
-            escape(l["rotation"].as_str().unwrap_or("")),
-            l["accepted"],
-            l["refused"],
+            escape(&l.listen),
+            escape(&l.definition),
+            escape(&l.rotation),
+            l.accepted,
+            l.refused,
         );
-        for u in l["upstreams"].as_array().into_iter().flatten() {
-            let state = u["state"].as_str().unwrap_or("");
-            let change = match &u["last_change"] {
-                Value::Object(c) => format!(
-                    "{} {:.0} s ago",
-                    c.get("event").and_then(Value::as_str).unwrap_or(""),
-                    c.get("seconds_ago").and_then(Value::as_f64).unwrap_or(0.0)
-                ),
-                _ => "-".to_owned(),
-            };
-            let check = match &u["check"] {
-                Value::Object(c) => format!(
-                    "{} in {:.1} ms, streak {}{}",
-                    if c.get("ok").and_then(Value::as_bool).unwrap_or(false) {
-                        "pass"
-                    } else {
-                        "fail"
-                    },
-                    c.get("duration_seconds")
-                        .and_then(Value::as_f64)
-                        .unwrap_or(0.0)
-                        * 1e3,
-                    c.get("streak").and_then(Value::as_i64).unwrap_or(0),
-                    c.get("error")
-                        .and_then(Value::as_str)
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default(),
-                ),
-                _ => "-".to_owned(),
-            };
+        for u in &l.upstreams {
+            let state = u.state;
+            let change = u.last_change.as_ref().map_or_else(
+                || "-".to_owned(),
+                |c| format!("{} {:.0} s ago", c.event, c.seconds_ago),
+            );
+            let check = u.check.as_ref().map_or_else(
+                || "-".to_owned(),
+                |c| {
+                    format!(
+                        "{} in {:.1} ms, streak {}{}",
+                        if c.ok { "pass" } else { "fail" },
+                        c.duration_seconds * 1e3,
+                        c.streak,
+                        c.error
+                            .as_ref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default(),
+                    )
+                },
+            );
             let _ = write!(
                 page,
                 "<tr class=\"upstream {state}\"><td>{}</td><td>{state}</td><td>{}</td><td>{}</td><td>{}</td>\
                  <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(u["name"].as_str().unwrap_or("")),
-                u["weight"],
-                u["errors"],
-                u["active"],
-                u["picks"],
-                u["connect_failures"],
-                u["bytes_in"],
-                u["bytes_out"],
+                escape(&u.name),
+                u.weight,
+                u.errors,
+                u.active,
+                u.picks,
+                u.connect_failures,
+                u.bytes_in,
+                u.bytes_out,
                 escape(&change),
                 escape(&check),
             );
         }
         page.push_str("</table>");
-        let total = l["upstreams_total"].as_u64().unwrap_or(0);
-        let shown = l["upstreams"].as_array().map_or(0, Vec::len) as u64;
+        let total = l.upstreams_total;
+        let shown = l.upstreams.len();
         if shown < total {
             let _ = write!(
                 page,
                 "<p>upstreams {}–{} of {total} (<code>?offset=N</code> for others)</p>",
                 paging.offset + 1,
-                paging.offset as u64 + shown
+                paging.offset + shown
             );
         }
     }
