@@ -147,6 +147,8 @@ impl UpstreamList {
     pub fn drain(&self, upstream: &Upstream) -> bool {
         let _writer = self.rebuild_lock();
         let member = self.is_member(upstream);
+        // Acquire: pairs with the CAS that drained it (under the same lock, so this is
+        // belt and braces: the lock orders them already).
         if !member || health::tag(upstream.state.load(Ordering::Acquire)) == health::DRAINING {
             return false;
         }

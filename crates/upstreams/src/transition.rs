@@ -55,6 +55,8 @@ impl Shared {
     /// `from` (an exact state word) → Alive in one CAS; true for the single winner.
     pub(crate) fn try_transition(&self, up: &Upstream, from: u64, to: u64, now: u64) -> bool {
         debug_assert_eq!(to, health::ALIVE);
+        // AcqRel: the winner's counter updates must not move before its win, and it must
+        // see what the writer of `from` did before publishing it.
         if up
             .state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
@@ -108,6 +110,7 @@ impl Upstream {
     pub fn record_failure(&self, kind: FailKind, reason: &str) {
         self.note_failure(kind, reason);
         let now = self.shared.now_ns();
+        // Acquire: pairs with the CAS that published this word (a probe's, a revival's).
         let word = self.state.load(Ordering::Acquire);
         match health::tag(word) {
             health::ALIVE => {}
@@ -162,6 +165,7 @@ impl Upstream {
     pub fn mark_online(&self) -> bool {
         let now = self.shared.now_ns();
         loop {
+            // Acquire: the word is the `from` of the CAS below (see `try_transition`).
             let word = self.state.load(Ordering::Acquire);
             let out = health::offline_until(word).is_some() || health::tag(word) == health::PROBING;
             if !out {
@@ -192,6 +196,8 @@ pub(crate) fn maintain(members: &Members, shared: &Shared) -> Option<usize> {
         return None;
     }
     let now = shared.now_ns();
+    // SeqCst: pairs with `go_offline`'s fetch_min and `revive_due`'s swap (a deadline
+    // published concurrently is seen here or survives the swap).
     if now < shared.next_revive.load(Ordering::SeqCst) {
         return None;
     }
@@ -207,6 +213,7 @@ fn revive_due(members: &Members, shared: &Shared, now: u64) -> Option<usize> {
     let mut candidate: Option<(usize, u64, u64)> = None;
     let mut due = 0usize;
     for (i, up) in members.upstreams.iter().enumerate() {
+        // Acquire: the word is the `from` of a CAS below (see `try_transition`).
         let word = up.state.load(Ordering::Acquire);
         let Some(until) = health::offline_until(word) else {
             continue;
@@ -225,6 +232,7 @@ fn revive_due(members: &Members, shared: &Shared, now: u64) -> Option<usize> {
         }
     }
     let probe = candidate.and_then(|(i, word, _)| {
+        // AcqRel: as `try_transition`; one caller wins the probe.
         members.upstreams[i]
             .state
             .compare_exchange(word, health::PROBING, Ordering::AcqRel, Ordering::Relaxed)
@@ -302,6 +310,7 @@ pub(crate) fn undrain(shared: &Shared, upstream: &Upstream) -> bool {
     // A name drained before its first answer goes back to waiting for it: alive without
     // an address would be picked and fail.
     if upstream.entry().host().needs_resolution() && upstream.addrs().is_empty() {
+        // AcqRel: as `try_transition`.
         let back = upstream
             .state
             .compare_exchange(
