@@ -45,9 +45,10 @@ pub(crate) struct Args {
     /// default 0, and 5 with --scenario, the proxy's default).
     #[arg(long)]
     max_consecutive_errors: Option<u32>,
-    /// Seconds an offline upstream stays out.
-    #[arg(long, default_value_t = 60)]
-    revive_time: u64,
+    /// How long an offline upstream stays out: seconds (fractions too) or a duration like
+    /// `500ms`, `90s`, `2m`, as the proxy's settings take them.
+    #[arg(long, default_value_t = 60.0, value_parser = upstreams::parse_seconds)]
+    revive_time: f64,
     /// Run a what-if scenario instead (slow, fast-fail, flapping, hot-keys, heterogeneous,
     /// or all): tail latency and errors per rotation against models of the peers.
     #[arg(long)]
@@ -91,7 +92,7 @@ impl Args {
     fn limits(&self) -> Limits {
         Limits::default()
             .with_max_consecutive_errors(self.max_consecutive_errors.unwrap_or(0))
-            .with_revive_time(Duration::from_secs(self.revive_time))
+            .with_revive_time(Duration::from_secs_f64(self.revive_time))
     }
 }
 
@@ -105,6 +106,13 @@ pub(crate) fn run(args: &Args) -> Result<()> {
         args.fail_rate
     );
     anyhow::ensure!(args.picks > 0, "--picks must be at least 1");
+    anyhow::ensure!(
+        args.revive_time.is_finite()
+            && (0.0..=upstreams::MAX_CONFIG_SECONDS).contains(&args.revive_time),
+        "--revive-time must be between 0 and {} seconds, got {}",
+        upstreams::MAX_CONFIG_SECONDS,
+        args.revive_time
+    );
     let text = args.definition.as_deref().unwrap_or(DEFAULT_LIST);
     let def = Definition::parse(text, args.default_port)?;
     let names: Vec<String> = def.entries().iter().map(|e| e.name().to_owned()).collect();
