@@ -542,8 +542,12 @@ pub(crate) mod c54 {
         1
     }
 
-    /// `B.ok(up)` → code, list.
-    unsafe extern "C-unwind" fn ok(l: *mut lua_State) -> c_int {
+    /// A verdict on the upstream at index 1 by `report(pick, upstream)`; pushes the code
+    /// and the list's handle (or −3 alone when index 1 is not one of ours).
+    ///
+    /// # Safety
+    /// `l` is a live Lua state inside a C function call with the metatable as upvalue 1.
+    unsafe fn verdict(l: *mut lua_State, report: impl FnOnce(f64, f64) -> f64) -> c_int {
         // SAFETY: a live state; `p` points at the userdata's three handles.
         unsafe {
             let p = ours(l, 1);
@@ -551,7 +555,7 @@ pub(crate) mod c54 {
                 ffi::lua_pushnumber(l, -3.0);
                 return 1;
             }
-            let code = super::upstreams_ffi_ok(*p, *p.add(1));
+            let code = report(*p, *p.add(1));
             if code >= 0.0 {
                 *p = 0.0;
             }
@@ -561,31 +565,27 @@ pub(crate) mod c54 {
         2
     }
 
+    /// `B.ok(up)` → code, list.
+    unsafe extern "C-unwind" fn ok(l: *mut lua_State) -> c_int {
+        // SAFETY: inside a C function call of the layer's backend.
+        unsafe { verdict(l, |pick, up| super::upstreams_ffi_ok(pick, up)) }
+    }
+
     /// `B.fail(up, kind, reason)` → code, list.
     unsafe extern "C-unwind" fn fail(l: *mut lua_State) -> c_int {
-        // SAFETY: a live state; `p` points at the userdata's three handles; the reason
-        // stays on the stack during the call.
+        let kind = number(l, 2) as i32;
+        let mut len = 0usize;
+        // SAFETY: stack reads on a live state; the reason stays on the stack during the call.
         unsafe {
-            let p = ours(l, 1);
-            if p.is_null() {
-                ffi::lua_pushnumber(l, -3.0);
-                return 1;
-            }
-            let kind = number(l, 2) as i32;
-            let mut len = 0usize;
             let reason = if ffi::lua_type(l, 3) == ffi::LUA_TSTRING {
                 ffi::lua_tolstring(l, 3, &mut len).cast::<u8>()
             } else {
                 ptr::null()
             };
-            let code = super::upstreams_ffi_fail(*p, *p.add(1), kind, reason, len);
-            if code >= 0.0 {
-                *p = 0.0;
-            }
-            ffi::lua_pushnumber(l, code);
-            ffi::lua_pushnumber(l, *p.add(2));
+            verdict(l, |pick, up| {
+                super::upstreams_ffi_fail(pick, up, kind, reason, len)
+            })
         }
-        2
     }
 
     /// `__gc`: releases an unreported pick.

@@ -53,6 +53,20 @@ fn balance(
     .classify(HttpStatus)
 }
 
+/// One call through `client`, which must answer.
+async fn send<S>(client: &mut S, req: http::Request<String>) -> http::Response<String>
+where
+    S: Service<http::Request<String>, Response = http::Response<String>, Error = BoxError>,
+{
+    client
+        .ready()
+        .await
+        .expect("ready")
+        .call(req)
+        .await
+        .expect("call")
+}
+
 fn get() -> http::Request<String> {
     http::Request::get("/")
         .body(String::new())
@@ -69,13 +83,7 @@ async fn retries_go_to_upstreams_not_tried_and_stop_when_none_is_left() {
         .service(balance(&list, failing, Arc::clone(&log)));
     for _ in 0..20 {
         log.lock().expect("log").clear();
-        let response = client
-            .ready()
-            .await
-            .expect("ready")
-            .call(get())
-            .await
-            .expect("call");
+        let response = send(&mut client, get()).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.body(), "10.0.0.4:80");
         let tries = log.lock().expect("log").clone();
@@ -89,13 +97,7 @@ async fn retries_go_to_upstreams_not_tried_and_stop_when_none_is_left() {
     let mut client = ServiceBuilder::new()
         .retry(RetryPolicy::new(Arc::clone(&list), 10))
         .service(balance(&list, ALL, Arc::clone(&log)));
-    let response = client
-        .ready()
-        .await
-        .expect("ready")
-        .call(get())
-        .await
-        .expect("call");
+    let response = send(&mut client, get()).await;
     assert_eq!(response.status(), 503);
     let tries = log.lock().expect("log").clone();
     assert_eq!(tries.len(), 3, "one try per upstream: {tries:?}");
@@ -118,13 +120,7 @@ async fn a_post_is_sent_once_unless_marked_safe() {
     let post = http::Request::post("/")
         .body("payload".to_owned())
         .expect("request");
-    let response = client
-        .ready()
-        .await
-        .expect("ready")
-        .call(post)
-        .await
-        .expect("call");
+    let response = send(&mut client, post).await;
     assert_eq!(response.status(), 503);
     assert_eq!(
         log.lock().expect("log").len(),
@@ -137,13 +133,7 @@ async fn a_post_is_sent_once_unless_marked_safe() {
         .body("payload".to_owned())
         .expect("request");
     post.extensions_mut().insert(RetrySafe);
-    let response = client
-        .ready()
-        .await
-        .expect("ready")
-        .call(post)
-        .await
-        .expect("call");
+    let response = send(&mut client, post).await;
     assert_eq!(response.status(), 503);
     assert_eq!(
         log.lock().expect("log").len(),
@@ -272,13 +262,7 @@ async fn joining_upstreams_get_their_service() {
     ))]);
     let mut seen = HashSet::new();
     for _ in 0..4 {
-        let response = client
-            .ready()
-            .await
-            .expect("ready")
-            .call(get())
-            .await
-            .expect("call");
+        let response = send(&mut client, get()).await;
         seen.insert(response.into_body());
     }
     assert_eq!(seen.len(), 2, "the new upstream serves too: {seen:?}");

@@ -543,14 +543,7 @@ fn max_inflight_skips_full_upstreams() {
 fn get_excluding_never_repeats_a_tried_upstream() {
     use std::sync::Arc;
     use upstreams::Upstream;
-    for rotation in [
-        Rotation::RoundRobin,
-        Rotation::Random,
-        Rotation::MasterSlave,
-        Rotation::Hashed,
-        Rotation::Sequential,
-        Rotation::P2c,
-    ] {
+    for rotation in Rotation::ALL {
         let (list, _) = list(
             "10.0.0.1:1:3,10.0.0.2:1,10.0.0.3:1:2,10.0.0.4:1,10.0.0.5:1",
             exact(),
