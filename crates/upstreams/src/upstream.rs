@@ -71,7 +71,8 @@ pub struct Upstream {
     pub(crate) revived_at: AtomicU64,
     /// Latency estimate in seconds (`f64` bits); `u64::MAX` = no sample yet.
     latency: AtomicU64,
-    latency_at: Mutex<Option<u64>>,
+    /// When the latest latency sample was taken (ns); `u64::MAX` = none yet.
+    latency_at: AtomicU64,
     /// The reason given with the latest [`Upstream::record_failure`], for watchers and status pages.
     last_failure: Mutex<Option<Box<str>>>,
     pub(crate) tokens: crate::tokens::Bucket,
@@ -127,7 +128,7 @@ impl Upstream {
             probe_failures: AtomicU32::new(0),
             revived_at: AtomicU64::new(u64::MAX),
             latency: AtomicU64::new(NO_SAMPLE),
-            latency_at: Mutex::new(None),
+            latency_at: AtomicU64::new(NO_SAMPLE),
             last_failure: Mutex::new(None),
             addrs: Mutex::new(Addrs { slots, cur: 0 }),
             resolve_wanted: AtomicBool::new(false),
@@ -327,18 +328,22 @@ impl Upstream {
             return;
         }
         let now = self.shared.now_ns();
-        let mut last = lock(&self.latency_at);
-        let next = match (*last, self.latency_secs()) {
-            (Some(at), Some(prev)) => {
+        // Lock-free: the swap gives this sample its own interval (since the sample before it
+        // in swap order), and the update folds it in without losing a concurrent one.
+        // Relaxed: the estimate orders nothing else.
+        let at = self.latency_at.swap(now, Ordering::Relaxed);
+        let half = self.shared.limits.load().latency_half_life.as_secs_f64();
+        let _ = self
+            .latency
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                if at == NO_SAMPLE || bits == NO_SAMPLE {
+                    return Some(seconds.to_bits());
+                }
+                let prev = f64::from_bits(bits);
                 let dt = now.saturating_sub(at) as f64 / 1e9;
-                let half = self.shared.limits.load().latency_half_life.as_secs_f64();
                 let alpha = (1.0 - (-dt * std::f64::consts::LN_2 / half).exp()).clamp(0.01, 0.5);
-                prev + alpha * (seconds - prev)
-            }
-            _ => seconds,
-        };
-        *last = Some(now);
-        self.latency.store(next.to_bits(), Ordering::Relaxed);
+                Some((prev + alpha * (seconds - prev)).to_bits())
+            });
     }
 
     /// The current address (without rotating); `None` while pending and for sockets.
