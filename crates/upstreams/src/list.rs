@@ -1,4 +1,4 @@
-//! The list: membership snapshot, health counters, and the pick entry points.
+//! The list: the membership snapshot, the pick entry points, `Picked` and `Snapshot`.
 
 use std::any::Any;
 use std::borrow::Borrow;
@@ -86,10 +86,12 @@ impl UpstreamList {
         })
     }
 
+    /// The definition's entries, as the current snapshot carries them.
     pub(crate) fn definition_entries(&self) -> Arc<Vec<crate::parse::Entry>> {
         Arc::clone(&self.members.load().entries)
     }
 
+    /// Serialises the writers of the membership (reloads, SRV answers, `apply`, drains).
     pub(crate) fn rebuild_lock(&self) -> MutexGuard<'_, ()> {
         self.rebuild.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -229,7 +231,9 @@ impl UpstreamList {
     /// [`Upstream::value`] — on a [`Picked`] too — without any lookup: it sits in the
     /// upstream itself, so a list without values pays nothing on the pick path.
     ///
-    /// One value type per list: an upstream keeps the first value it was given.
+    /// One value type per list: an upstream keeps the first value it was given. `make` runs
+    /// while the membership is being rebuilt: it may read the list but must not change its
+    /// membership (`update`, `apply`, `drain`), which would wait for itself.
     ///
     /// ```
     /// use upstreams::{Limits, Rotation, UpstreamList};
