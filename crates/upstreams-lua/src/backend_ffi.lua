@@ -31,9 +31,9 @@ return function(Meta)
   local B = {}
   function B.pick(list, rotation, key)
     local h = pick_(list, rotation, key, key and #key or 0, out)
-    if h > 0 then return ffi.gc(new(h, out[0], list), finalise) end
-    if h == 0 then return nil end
-    return h
+    if h > 0 then return ffi.gc(new(h, out[0], list), finalise), 0 end
+    if h == 0 then return nil, 0 end
+    return nil, h
   end
   function B.ok(up)
     if not ffi.istype(T, up) then return -3 end

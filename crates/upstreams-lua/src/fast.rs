@@ -508,7 +508,7 @@ pub(crate) mod c54 {
         unsafe { ffi::lua_tonumberx(l, idx, ptr::null_mut()) }
     }
 
-    /// `B.pick(list, rotation, key)`.
+    /// `B.pick(list, rotation, key)` → upstream or nil, code.
     unsafe extern "C-unwind" fn pick(l: *mut lua_State) -> c_int {
         let list = number(l, 1);
         let rotation = number(l, 2);
@@ -533,13 +533,13 @@ pub(crate) mod c54 {
         unsafe {
             if h > 0.0 {
                 push_upstream(l, h, up, list);
-            } else if h == 0.0 {
-                ffi::lua_pushnil(l);
+                ffi::lua_pushinteger(l, 0);
             } else {
-                ffi::lua_pushnumber(l, h);
+                ffi::lua_pushnil(l);
+                ffi::lua_pushnumber(l, h.min(0.0));
             }
         }
-        1
+        2
     }
 
     /// A verdict on the upstream at index 1 by `report(pick, upstream)`; pushes the code

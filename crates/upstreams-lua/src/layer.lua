@@ -5,7 +5,7 @@
 -- Called with (module, fast, make_backend); returns the module scripts get from `require`.
 --
 -- The backend B, made for the upstream metatable `Meta`:
---   B.pick(list, rotation, key) -> upstream | nil (nothing selectable) | code < 0
+--   B.pick(list, rotation, key) -> upstream or nil, code (0; < 0: a stale list)
 --   B.ok(up) / B.fail(up, addr, reason) -> code (< 0: stale; -3: not an upstream), list
 --   B.handle(x) -> the upstream handle of one of our upstreams, else nil
 --   B.adopt(handle, list) -> an upstream wrapper without a pick
@@ -58,9 +58,11 @@ local function after(code, list, name, self)
   local st = lists[list]
   if st and st.watched then deliver(st.ud) end
 end
+-- Whether any list of this layer has a watcher (until then a verdict delivers nothing).
+local any_watched = false
 function Upstream.ok(self)
   local code, list = B.ok(self)
-  after(code, list, "ok", self)
+  if code ~= 0 or any_watched then after(code, list, "ok", self) end
 end
 function Upstream.fail(self, addr, reason)
   local kind = 0
@@ -78,7 +80,7 @@ function Upstream.fail(self, addr, reason)
     error("upstream:fail: reason must be a string, got " .. type(reason), 2)
   end
   local code, list = B.fail(self, kind, reason or "unknown")
-  after(code, list, "fail", self)
+  if code ~= 0 or any_watched then after(code, list, "fail", self) end
 end
 function Upstream.get_name(self) return as_view(self, "get_name"):get_name() end
 function Upstream.get_port(self) return as_view(self, "get_port"):get_port() end
@@ -138,16 +140,16 @@ end
 local List = {}
 local function list_tostring(self) return tostring(getmetatable(self)[STATE].ud) end
 local function check_list(self, name)
-  local mt = type(self) == "userdata" and getmetatable(self)
-  local st = mt and mt[STATE]
+  local mt = getmetatable(self)
+  local st = mt and type(mt) == "table" and mt[STATE]
   if not st then
     error(string.format("bad argument `self` to `LuaList.%s`: expected an upstream_list, got %s",
       name, type(self)), 3)
   end
   return st
 end
-local function wrap(st, up)
-  if up ~= nil and type(up) == "number" then stale("this upstream_list") end
+local function after_pick(st, up, code)
+  if code < 0 then stale("this upstream_list") end
   if st.watched then deliver(st.ud) end
   return up
 end
@@ -159,15 +161,21 @@ function List.get_upstream_by_hash(self, key)
   elseif t ~= "string" then
     error("get_upstream_by_hash: key must be a string or a number, got " .. t, 2)
   end
-  return wrap(st, B.pick(st.h, 2, key))
+  local up, code = B.pick(st.h, 2, key)
+  if code ~= 0 or st.watched then return after_pick(st, up, code) end
+  return up
 end
 function List.get_upstream_round_robin(self)
   local st = check_list(self, "get_upstream_round_robin")
-  return wrap(st, B.pick(st.h, 0, nil))
+  local up, code = B.pick(st.h, 0, nil)
+  if code ~= 0 or st.watched then return after_pick(st, up, code) end
+  return up
 end
 function List.get_upstream_master_slave(self)
   local st = check_list(self, "get_upstream_master_slave")
-  return wrap(st, B.pick(st.h, 1, nil))
+  local up, code = B.pick(st.h, 1, nil)
+  if code ~= 0 or st.watched then return after_pick(st, up, code) end
+  return up
 end
 -- An mlua upstream (a watcher's argument) as this layer's wrapper.
 local function adopt(st, u)
@@ -196,7 +204,7 @@ function List.add_watcher(self, what, callback)
     callback = function(event, up, errors) return inner(event, adopt(st, up), errors) end
   end
   st.ud:add_watcher(what, callback)
-  st.watched = true
+  st.watched, any_watched = true, true
 end
 
 local wrapped = {}
