@@ -34,7 +34,9 @@ end
 
 local Upstream = {}
 local Meta = {__index = Upstream}
-local B = make_backend(Meta)
+-- The backend, made once `Meta` and `Upstream` are complete (LuaJIT's `ffi.metatype` takes a
+-- metatable that must not change afterwards); the functions below only use it when called.
+local B
 
 -- The mlua view of each upstream, made once (weak: it goes when no wrapper needs it).
 local views = setmetatable({}, {__mode = "v"})
@@ -134,6 +136,8 @@ function Upstream.get_addr(self)
   last_addr[h], last_key[h] = a, key
   return a
 end
+
+B = make_backend(Meta)
 
 -- Lists: a userdata proxy (as the C path's lists are userdata), its state aside: the mlua
 -- list, its handle, whether it has watchers.
