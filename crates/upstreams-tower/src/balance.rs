@@ -144,9 +144,14 @@ where
         let picked = {
             let key = self.route.key(&req);
             let tried = self.route.tried(&req);
-            self.list
-                .get_excluding(tried, self.rotation, key)
-                .or_else(|| self.list.get(self.rotation, key))
+            match tried {
+                [] => self.list.get(self.rotation, key),
+                // Every upstream tried (a policy that retries past them): any, again.
+                _ => self
+                    .list
+                    .get_excluding(tried, self.rotation, key)
+                    .or_else(|| self.list.get(self.rotation, key)),
+            }
         };
         let Some(picked) = picked else {
             return ResponseFuture::failed(NoUpstream.into());

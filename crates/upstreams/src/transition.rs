@@ -30,18 +30,27 @@ impl Shared {
         self.health_epoch.fetch_add(1, Ordering::Release);
     }
 
+    /// `from` (an exact state word) → `to` in one compare-and-swap, the epoch bumped on
+    /// success; true for the single winner. Every transition but the drain loop goes
+    /// through here.
+    fn swap_state(&self, up: &Upstream, from: u64, to: u64) -> bool {
+        // AcqRel: the winner's counter updates must not move before its win, and it must
+        // see what the writer of `from` did before publishing it.
+        let won = up
+            .state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if won {
+            self.health_changed();
+        }
+        won
+    }
+
     /// `from` → `Offline { until }` in one CAS; true for the single winner.
     pub(crate) fn go_offline(&self, up: &Upstream, from: u64, until: u64) -> bool {
-        let word = health::pack_offline(until);
-        // AcqRel: the winner's counter updates below must not be reordered before it wins.
-        if up
-            .state
-            .compare_exchange(from, word, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
+        if !self.swap_state(up, from, health::pack_offline(until)) {
             return false;
         }
-        self.health_changed();
         if from == health::ALIVE {
             self.alive.fetch_sub(1, Ordering::Relaxed);
             self.offline.fetch_add(1, Ordering::Relaxed);
@@ -55,16 +64,9 @@ impl Shared {
     /// `from` (an exact state word) → Alive in one CAS; true for the single winner.
     pub(crate) fn try_transition(&self, up: &Upstream, from: u64, to: u64, now: u64) -> bool {
         debug_assert_eq!(to, health::ALIVE);
-        // AcqRel: the winner's counter updates must not move before its win, and it must
-        // see what the writer of `from` did before publishing it.
-        if up
-            .state
-            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
+        if !self.swap_state(up, from, to) {
             return false;
         }
-        self.health_changed();
         self.came_back(up, from, now);
         true
     }
@@ -232,15 +234,10 @@ fn revive_due(members: &Members, shared: &Shared, now: u64) -> Option<usize> {
         }
     }
     let probe = candidate.and_then(|(i, word, _)| {
-        // AcqRel: as `try_transition`; one caller wins the probe.
-        members.upstreams[i]
-            .state
-            .compare_exchange(word, health::PROBING, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-            .then(|| {
-                shared.health_changed();
-                i
-            })
+        // One caller wins the probe.
+        shared
+            .swap_state(&members.upstreams[i], word, health::PROBING)
+            .then_some(i)
     });
     if due > usize::from(probe.is_some()) {
         // Other due upstreams wait for the next caller.
@@ -310,20 +307,7 @@ pub(crate) fn undrain(shared: &Shared, upstream: &Upstream) -> bool {
     // A name drained before its first answer goes back to waiting for it: alive without
     // an address would be picked and fail.
     if upstream.entry().host().needs_resolution() && upstream.addrs().is_empty() {
-        // AcqRel: as `try_transition`.
-        let back = upstream
-            .state
-            .compare_exchange(
-                health::DRAINING,
-                health::PENDING,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok();
-        if back {
-            shared.health_changed();
-        }
-        return back;
+        return shared.swap_state(upstream, health::DRAINING, health::PENDING);
     }
     let now = shared.now_ns();
     if shared.try_transition(upstream, health::DRAINING, health::ALIVE, now) {
