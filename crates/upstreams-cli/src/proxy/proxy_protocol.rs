@@ -1,17 +1,19 @@
 //! The PROXY protocol (HAProxy's specification, versions 1 and 2) on both sides of the
 //! proxy: read from a load balancer in front (`accept_proxy`), written to every backend
-//! connection (`send_proxy`). The wire format is the `ppp` crate's; this module only decides
-//! what to do with it.
+//! connection (`send_proxy`). Headers are built, and v2 blocks parsed, by the `ppp` crate.
 //!
-//! Reading is strict: the header must arrive whole within `proxy_protocol_timeout` and
-//! parse, or the client is closed before anything is forwarded. A `LOCAL` (v2) or `UNKNOWN`
-//! (v1) header keeps the connection's own addresses, as the specification asks. Bytes the
-//! client sent after the header are kept and forwarded first.
+//! Reading is strict, as HAProxy's is: the header must arrive whole within
+//! `proxy_protocol_timeout` and parse, or the client is closed before anything is forwarded.
+//! The v1 line is read here by hand (`ppp` takes a port of `+80`, and reports a line cut
+//! short as "incomplete" and a line split mid-field as malformed), and so are the checks
+//! `ppp` leaves out of v2 (TLV bounds, the CRC-32C TLV, a UDP pair on a TCP session). A
+//! `LOCAL` (v2) or `UNKNOWN` (v1) header keeps the connection's own addresses, as the
+//! specification asks. Bytes the client sent after the header are kept and forwarded first.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ppp::{v1, v2, HeaderResult, PartialResult};
+use ppp::{v1, v2};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// The largest header accepted: v1's 107 bytes, or v2's 16 plus addresses and TLVs (HAProxy
@@ -122,60 +124,188 @@ pub(crate) async fn read_header<C: AsyncRead + Unpin>(
 }
 
 /// The header at the start of `buf`: `None` while incomplete, else its length and addresses.
+///
+/// Judged only once it is whole: a v1 line at its CRLF (or at 107 bytes, the specification's
+/// longest line, without one), a v2 block once its announced length has arrived; a header
+/// that arrives in any number of pieces is taken as if it came at once.
 #[allow(clippy::type_complexity)]
 fn parse(buf: &[u8]) -> Result<Option<(usize, Option<Addresses>)>, Refused> {
     // What neither version can start with is refused at once, not after the deadline.
-    const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
     let n = buf.len().min(V2_SIGNATURE.len());
-    if !(V2_SIGNATURE.starts_with(&buf[..n]) || b"PROXY ".starts_with(&buf[..n.min(6)])) {
-        return Err(Refused::Invalid("not a PROXY protocol header".to_owned()));
+    let v1 = b"PROXY ".starts_with(&buf[..n.min(6)]);
+    if !(V2_SIGNATURE.starts_with(&buf[..n]) || v1) {
+        return Err(invalid("not a PROXY protocol header"));
     }
     if buf.is_empty() {
         return Ok(None);
     }
-    let parsed = HeaderResult::parse(buf);
-    if parsed.is_incomplete() {
-        // A v1 line is complete at its CRLF: one that still lacks fields is malformed, not
-        // incomplete (the parser reports missing fields as partial input).
-        let v1_line_ended =
-            buf.starts_with(b"PROXY ") && buf.windows(2).take(V1_MAX).any(|w| w == b"\r\n");
-        if v1_line_ended {
-            return Err(Refused::Invalid("malformed v1 header line".to_owned()));
+    if v1 {
+        return parse_v1(buf);
+    }
+    parse_v2(buf)
+}
+
+/// The v2 signature, the first 12 bytes of a binary header.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+fn invalid(why: impl Into<String>) -> Refused {
+    Refused::Invalid(why.into())
+}
+
+/// A v1 line (`PROXY TCP4 SRC DST SPORT DPORT\r\n`, `TCP6`, or `UNKNOWN …`), strictly: single
+/// spaces, addresses of the announced family, ports of decimal digits only without a sign or a
+/// leading zero (as HAProxy reads them).
+#[allow(clippy::type_complexity)]
+fn parse_v1(buf: &[u8]) -> Result<Option<(usize, Option<Addresses>)>, Refused> {
+    let window = &buf[..buf.len().min(V1_MAX)];
+    let Some(end) = window.windows(2).position(|w| w == b"\r\n") else {
+        if buf.len() >= V1_MAX {
+            return Err(invalid(format!("v1 line without CRLF in {V1_MAX} bytes")));
         }
         return Ok(None);
+    };
+    let line = std::str::from_utf8(&buf[..end]).map_err(|_| invalid("v1 line is not ASCII"))?;
+    let mut fields = line.split(' ');
+    let _proxy = fields.next();
+    let family = fields.next().unwrap_or("");
+    if family == "UNKNOWN" {
+        // The receiver ignores the rest of an UNKNOWN line, as the specification says.
+        return Ok(Some((end + 2, None)));
     }
-    match parsed {
-        HeaderResult::V1(Ok(h)) => {
-            let addrs = match h.addresses {
-                v1::Addresses::Tcp4(a) => Some(Addresses {
-                    source: SocketAddr::new(a.source_address.into(), a.source_port),
-                    destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
-                }),
-                v1::Addresses::Tcp6(a) => Some(Addresses {
-                    source: SocketAddr::new(a.source_address.into(), a.source_port),
-                    destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
-                }),
-                v1::Addresses::Unknown => None,
-            };
-            Ok(Some((h.header.len(), addrs)))
+    let rest: Vec<&str> = fields.collect();
+    let [source, destination, source_port, destination_port] = rest[..] else {
+        return Err(invalid(format!(
+            "v1 {family}: 4 fields after the protocol expected, {} found",
+            rest.len()
+        )));
+    };
+    let ip = |text: &str, what: &str| -> Result<std::net::IpAddr, Refused> {
+        let parsed = match family {
+            "TCP4" => text.parse::<std::net::Ipv4Addr>().map(Into::into),
+            "TCP6" => text.parse::<std::net::Ipv6Addr>().map(Into::into),
+            other => return Err(invalid(format!("v1: unknown protocol {other:?}"))),
+        };
+        parsed.map_err(|_| invalid(format!("v1 {family}: invalid {what} address {text:?}")))
+    };
+    let port = |text: &str, what: &str| -> Result<u16, Refused> {
+        let digits =
+            !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit());
+        let leading_zero = text.len() > 1 && text.starts_with('0');
+        match text.parse::<u16>() {
+            Ok(p) if digits && !leading_zero => Ok(p),
+            _ => Err(invalid(format!(
+                "v1 {family}: invalid {what} port {text:?}"
+            ))),
         }
-        HeaderResult::V2(Ok(h)) => {
-            let addrs = match (h.command, h.addresses) {
-                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => Some(Addresses {
-                    source: SocketAddr::new(a.source_address.into(), a.source_port),
-                    destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
-                }),
-                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => Some(Addresses {
-                    source: SocketAddr::new(a.source_address.into(), a.source_port),
-                    destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
-                }),
-                _ => None,
-            };
-            Ok(Some((h.len(), addrs)))
-        }
-        HeaderResult::V1(Err(e)) => Err(Refused::Invalid(e.to_string())),
-        HeaderResult::V2(Err(e)) => Err(Refused::Invalid(e.to_string())),
+    };
+    let addrs = Addresses {
+        source: SocketAddr::new(ip(source, "source")?, port(source_port, "source")?),
+        destination: SocketAddr::new(
+            ip(destination, "destination")?,
+            port(destination_port, "destination")?,
+        ),
+    };
+    Ok(Some((end + 2, Some(addrs))))
+}
+
+/// The TLV type of a CRC-32C checksum of the header (`PP2_TYPE_CRC32C`).
+const PP2_TYPE_CRC32C: u8 = 0x04;
+
+/// A v2 block, once whole: its structure by `ppp`, then what `ppp` leaves unchecked — every
+/// TLV within the block, a CRC-32C TLV that matches, and a stream (TCP) session's
+/// addresses (a UDP pair is no client of a TCP connection).
+#[allow(clippy::type_complexity)]
+fn parse_v2(buf: &[u8]) -> Result<Option<(usize, Option<Addresses>)>, Refused> {
+    // Signature, version and command, family and protocol, a 16-bit length.
+    const FIXED: usize = 16;
+    if buf.len() < FIXED {
+        return Ok(None);
     }
+    let total = FIXED + usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+    if total > MAX_HEADER {
+        return Err(Refused::TooLong);
+    }
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let block = &buf[..total];
+    let header = v2::Header::try_from(block).map_err(|e| invalid(e.to_string()))?;
+    check_tlvs(block, header.tlv_bytes())?;
+    let addrs = match header.command {
+        v2::Command::Local => None,
+        v2::Command::Proxy => {
+            match header.protocol {
+                v2::Protocol::Datagram => {
+                    return Err(invalid(
+                        "v2: a UDP (datagram) address pair for a TCP connection",
+                    ))
+                }
+                // An unspecified transport: the connection's own addresses, as for AF_UNSPEC.
+                v2::Protocol::Unspecified => return Ok(Some((total, None))),
+                v2::Protocol::Stream => {}
+            }
+            match header.addresses {
+                v2::Addresses::IPv4(a) => Some(Addresses {
+                    source: SocketAddr::new(a.source_address.into(), a.source_port),
+                    destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
+                }),
+                v2::Addresses::IPv6(a) => Some(Addresses {
+                    source: SocketAddr::new(a.source_address.into(), a.source_port),
+                    destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
+                }),
+                // A Unix pair or an unspecified family: the connection's own addresses.
+                v2::Addresses::Unix(_) | v2::Addresses::Unspecified => None,
+            }
+        }
+    };
+    Ok(Some((total, addrs)))
+}
+
+/// Walks the TLVs (type, 16-bit length, value) that end the v2 `block`: each must lie
+/// wholly inside it, and a CRC-32C TLV must be 4 bytes and match the block's checksum
+/// computed with its own value zeroed (the specification's rule).
+fn check_tlvs(block: &[u8], tlvs: &[u8]) -> Result<(), Refused> {
+    let tlv_start = block.len() - tlvs.len();
+    let mut at = 0;
+    while at < tlvs.len() {
+        let Some(head) = tlvs.get(at..at + 3) else {
+            return Err(invalid(format!(
+                "v2: truncated TLV header at byte {}",
+                tlv_start + at
+            )));
+        };
+        let (kind, len) = (head[0], usize::from(u16::from_be_bytes([head[1], head[2]])));
+        let value = at + 3;
+        if value + len > tlvs.len() {
+            return Err(invalid(format!(
+                "v2: TLV 0x{kind:02x} claims {len} bytes, {} are left in the header",
+                tlvs.len() - value
+            )));
+        }
+        if kind == PP2_TYPE_CRC32C {
+            if len != 4 {
+                return Err(invalid(format!(
+                    "v2: CRC32C TLV of {len} bytes (4 expected)"
+                )));
+            }
+            let stated = u32::from_be_bytes([
+                tlvs[value],
+                tlvs[value + 1],
+                tlvs[value + 2],
+                tlvs[value + 3],
+            ]);
+            let mut zeroed = block.to_vec();
+            zeroed[tlv_start + value..tlv_start + value + 4].fill(0);
+            let computed = crc32c::crc32c(&zeroed);
+            if stated != computed {
+                return Err(invalid(format!(
+                    "v2: CRC32C 0x{stated:08x} does not match the header's 0x{computed:08x}"
+                )));
+            }
+        }
+        at = value + len;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

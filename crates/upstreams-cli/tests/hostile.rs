@@ -1,0 +1,149 @@
+//! The proxy under hostile use (issue #24): each defect an attacker's run found, as a test
+//! on real sockets against the real binary that failed before its fix.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Writes `pieces` as separate segments (`TCP_NODELAY`, a pause between them), then a
+/// payload, and returns what came back before the proxy closed (the echo backend returns
+/// the payload when the header was taken; a refused client gets nothing).
+async fn send_in_pieces(listen: SocketAddr, pieces: &[&[u8]]) -> Vec<u8> {
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    for piece in pieces {
+        if s.write_all(piece).await.is_err() {
+            return Vec::new();
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    if s.write_all(b"payload").await.is_err() {
+        return Vec::new();
+    }
+    let mut back = vec![0u8; 7];
+    match tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut back)).await {
+        Ok(Ok(_)) => back,
+        _ => Vec::new(),
+    }
+}
+
+/// A v2 header: PROXY command, the family/protocol byte `fam`, `addresses`, then `tlvs`.
+fn v2(fam: u8, addresses: &[u8], tlvs: &[u8]) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x21);
+    h.push(fam);
+    let len = u16::try_from(addresses.len() + tlvs.len()).unwrap();
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(addresses);
+    h.extend_from_slice(tlvs);
+    h
+}
+
+/// 192.0.2.9:5000 -> 127.0.0.1:80 as v2 IPv4 address bytes.
+const V4_ADDRS: [u8; 12] = [192, 0, 2, 9, 127, 0, 0, 1, 0x13, 0x88, 0, 80];
+
+/// Item 1: a valid header taken whatever its segmentation — every split point of a v1 TCP4
+/// and TCP6 line, and a v2 block one byte at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_in_pieces_is_taken_at_every_split_point() {
+    let echo = echo_backend().await;
+    let p = proxy(&echo.to_string(), &["--accept-proxy"]);
+    let listen = p.addrs[0];
+    for line in [
+        &b"PROXY TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n"[..],
+        &b"PROXY TCP6 2001:db8::1 2001:db8::2 1111 2222\r\n"[..],
+    ] {
+        for cut in 1..line.len() {
+            let (a, b) = line.split_at(cut);
+            let back = send_in_pieces(listen, &[a, b]).await;
+            assert_eq!(
+                back,
+                b"payload",
+                "split at {cut} of {:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        let bytes: Vec<&[u8]> = line.chunks(1).collect();
+        assert_eq!(
+            send_in_pieces(listen, &bytes).await,
+            b"payload",
+            "one byte at a time"
+        );
+    }
+    let header = v2(0x11, &V4_ADDRS, &[]);
+    let bytes: Vec<&[u8]> = header.chunks(1).collect();
+    assert_eq!(
+        send_in_pieces(listen, &bytes).await,
+        b"payload",
+        "v2 byte by byte"
+    );
+    assert_eq!(
+        listener_figure(p.addrs[1], "proxy_protocol_rejected").await,
+        0
+    );
+}
+
+/// Item 2: what HAProxy refuses is refused — v2 TLVs that overrun the block or are cut
+/// short, a wrong CRC-32C, a UDP address pair on a TCP session, and a v1 port with a sign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_proxy_headers_are_refused() {
+    let echo = echo_backend().await;
+    let p = proxy(&echo.to_string(), &["--accept-proxy"]);
+    let (listen, admin) = (p.addrs[0], p.addrs[1]);
+    let good_crc = {
+        let mut h = v2(0x11, &V4_ADDRS, &[0x04, 0, 4, 0, 0, 0, 0]);
+        let crc = crc32c::crc32c(&h);
+        let n = h.len();
+        h[n - 4..].copy_from_slice(&crc.to_be_bytes());
+        h
+    };
+    let mut bad_crc = good_crc.clone();
+    let n = bad_crc.len();
+    bad_crc[n - 1] ^= 0xff;
+    // A TLV that says 0xFFFF bytes inside an 8-byte TLV area.
+    let overrun = v2(0x11, &V4_ADDRS, &[0x01, 0xff, 0xff, b'h', b'2', 0, 0, 0]);
+    // Two bytes of a TLV's three-byte head.
+    let truncated = v2(0x11, &V4_ADDRS, &[0x01, 0x00]);
+    let udp = v2(0x12, &V4_ADDRS, &[]);
+    let refused: [(&str, Vec<u8>); 6] = [
+        ("TLV overrun", overrun),
+        ("truncated TLV", truncated),
+        ("wrong CRC32C", bad_crc),
+        ("UDP pair", udp),
+        (
+            "v1 +80",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1111 +80\r\n".to_vec(),
+        ),
+        (
+            "v1 080",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1111 080\r\n".to_vec(),
+        ),
+    ];
+    for (what, header) in &refused {
+        assert_eq!(
+            send_in_pieces(listen, &[header]).await,
+            b"",
+            "{what} was taken"
+        );
+    }
+    assert_eq!(
+        listener_figure(admin, "proxy_protocol_rejected").await,
+        refused.len() as u64
+    );
+    // The well-formed ones still pass: a right CRC32C, an ALPN TLV.
+    let alpn = v2(0x11, &V4_ADDRS, &[0x01, 0, 2, b'h', b'2']);
+    for (what, header) in [("right CRC32C", good_crc), ("ALPN TLV", alpn)] {
+        assert_eq!(
+            send_in_pieces(listen, &[&header]).await,
+            b"payload",
+            "{what}"
+        );
+    }
+}
