@@ -53,7 +53,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use upstreams::{Host, State, Upstream, UpstreamList};
 
-pub use settings::{parse_probe, CheckConfig, CheckSettings, Probe, StatusMatch, MAX_SECONDS};
+pub use settings::{
+    parse_probe, CheckConfig, CheckSettings, Probe, StatusMatch, MAX_SECONDS, MAX_STREAK,
+    MIN_INTERVAL,
+};
 
 use probe::Target;
 use track::{Action, Track};

@@ -8,6 +8,15 @@ use serde::Deserialize;
 /// The longest interval or timeout a check takes (a day).
 pub const MAX_SECONDS: f64 = 86_400.0;
 
+/// The shortest interval between two checks of one upstream: 100 ms (HAProxy documents the
+/// same floor for `inter`). Faster checking tells nothing more, and on a real network some
+/// 470 connects a second to one address fill the ephemeral ports with `TIME_WAIT`.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The largest `rise` or `fall`: with the shortest interval, 1 000 checks are 100 s; more
+/// would keep an upstream out (or in) for practically ever.
+pub const MAX_STREAK: u32 = 1000;
+
 /// What one check does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
@@ -121,9 +130,28 @@ impl CheckSettings {
                 );
             }
         }
+        if self.interval < MIN_INTERVAL {
+            return bad(
+                "interval",
+                format!(
+                    "{:?} is below the shortest interval, {MIN_INTERVAL:?}",
+                    self.interval
+                ),
+            );
+        }
         for (what, n) in [("rise", self.rise), ("fall", self.fall)] {
-            if n == 0 {
-                return bad(what, "must be at least 1".into());
+            if !(1..=MAX_STREAK).contains(&n) {
+                return bad(what, format!("{n} is out of range (1..={MAX_STREAK})"));
+            }
+        }
+        if let Probe::SendExpect { expect, .. } = &self.probe {
+            // An empty SEND is a banner check (the server speaks first); an empty EXPECT
+            // would pass on any answer, or none.
+            if expect.is_empty() {
+                return bad(
+                    "expect",
+                    "must not be empty (the answer's expected start)".into(),
+                );
             }
         }
         if !(0.0..=1.0).contains(&self.jitter) {

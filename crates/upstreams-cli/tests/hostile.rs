@@ -147,3 +147,67 @@ async fn malformed_proxy_headers_are_refused() {
         );
     }
 }
+
+/// Item 8: health-check settings that would flood a backend, never bring it back, or check
+/// nothing are refused, naming the setting — at start, by `--check-config`, and at reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonsense_health_check_settings_are_refused_everywhere() {
+    let bin = env!("CARGO_BIN_EXE_upstreams");
+    let base = ["proxy", "127.0.0.1:1", "--listen", "127.0.0.1:0"];
+    for (args, named) in [
+        (
+            &["--health-check", "tcp", "--check-interval", "1e-9"][..],
+            "interval",
+        ),
+        (
+            &["--health-check", "tcp", "--check-interval", "0.05"],
+            "interval",
+        ),
+        (
+            &["--health-check", "tcp", "--check-rise", "4294967295"],
+            "rise",
+        ),
+        (&["--health-check", "tcp", "--check-fall", "1001"], "fall"),
+        (&["--health-check", "send-expect::"], "expect"),
+    ] {
+        let out = std::process::Command::new(bin)
+            .args(base)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} accepted");
+        assert!(
+            err.contains(&format!("health check {named}")),
+            "{args:?}: {err}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("upstreams-hostile-checks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.toml");
+    let with = |interval: &str| {
+        format!(
+            "[[listener]]\nlisten = \"127.0.0.1:0\"\nupstreams = \"127.0.0.1:1\"\n\
+             [listener.health_check]\ntype = \"tcp\"\ninterval = \"{interval}\"\n"
+        )
+    };
+    std::fs::write(&file, with("10ms")).unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["proxy", "--check-config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("health check interval"));
+    // A running proxy keeps its settings when a reload brings a bad one.
+    std::fs::write(&file, with("1s")).unwrap();
+    let log = dir.join("proxy.log");
+    let p = spawn_logged(&["proxy", "--config", file.to_str().unwrap()], 1, &log);
+    std::fs::write(&file, with("1ms")).unwrap();
+    p.signal("-HUP");
+    wait_until("the reload's refusal", Duration::from_secs(5), async || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("reload refused") && text.contains("health check interval")
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

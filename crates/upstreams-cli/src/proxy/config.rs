@@ -41,10 +41,10 @@
 //! type = "send-expect"              # "tcp", "send-expect" (send, expect) or "http" (path,
 //! send = "PING\r\n"                 # host, status = "2xx,3xx")
 //! expect = "+PONG"
-//! interval = 2.0                    # seconds between checks of one upstream
+//! interval = 2.0                    # seconds between checks of one upstream (at least 0.1)
 //! timeout = 1.0
-//! rise = 2                          # passes in a row to come back
-//! fall = 3                          # failures in a row to go out
+//! rise = 2                          # passes in a row to come back (1..=1000)
+//! fall = 3                          # failures in a row to go out (1..=1000)
 //!
 //! [listener.limits]                 # upstreams::LimitsConfig: max_errors, error_time,
 //! revive_time = 30.0                # revive_time, revive_jitter, max_consecutive_errors,
