@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
 /// A backend that accepts, reads whatever comes, and never says a byte.
 async fn silent_backend() -> SocketAddr {
@@ -50,30 +50,6 @@ async fn resetting_backend() -> SocketAddr {
         }
     });
     addr
-}
-
-/// A black hole: a listener with a backlog of one that never accepts, its queue filled, so
-/// further SYNs are dropped and connects hang until the caller's timeout. The returned
-/// streams keep the queue full.
-async fn black_hole() -> (SocketAddr, TcpListener, Vec<TcpStream>) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let l = socket.listen(1).unwrap();
-    let addr = l.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..8 {
-        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => fillers.push(s),
-            _ => break, // the queue is full: this SYN was dropped
-        }
-    }
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr))
-            .await
-            .is_err(),
-        "the black hole still completes handshakes"
-    );
-    (addr, l, fillers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -210,4 +211,138 @@ async fn nonsense_health_check_settings_are_refused_everywhere() {
     })
     .await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A backend that reads one line (a client's number) from each connection, records it,
+/// holds the connection `hold`, then answers `ok` and closes.
+async fn recording_backend(hold: Duration) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let record = Arc::clone(&record);
+            tokio::spawn(async move {
+                let mut s = tokio::io::BufReader::new(s);
+                let mut line = String::new();
+                if tokio::io::AsyncBufReadExt::read_line(&mut s, &mut line)
+                    .await
+                    .is_ok()
+                    && !line.is_empty()
+                {
+                    record.lock().unwrap().push(line.trim().to_owned());
+                    tokio::time::sleep(hold).await;
+                    let _ = s.get_mut().write_all(b"ok\n").await;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Sends `id` as a line and reads the answer to its end.
+async fn ask(listen: SocketAddr, id: usize) -> String {
+    let mut s = TcpStream::connect(listen).await.unwrap();
+    s.write_all(format!("{id}\n").as_bytes()).await.unwrap();
+    let mut back = String::new();
+    let _ = s.read_to_string(&mut back).await;
+    back
+}
+
+/// Item 6: clients queued under `max_conns` are served in the order they arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_max_conns_queue_is_first_in_first_out() {
+    let (backend, seen) = recording_backend(Duration::from_millis(60)).await;
+    let p = proxy(
+        &backend.to_string(),
+        &["--max-conns", "1", "--queue-timeout", "20s"],
+    );
+    let listen = p.addrs[0];
+    let mut clients = Vec::new();
+    for id in 0..12 {
+        clients.push(tokio::spawn(ask(listen, id)));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    for c in clients {
+        assert_eq!(c.await.unwrap(), "ok\n");
+    }
+    let order: Vec<String> = seen.lock().unwrap().clone();
+    let expected: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+    assert_eq!(order, expected);
+}
+
+/// Item 7: a queued client that closes before a slot frees is not forwarded, and is counted
+/// (and logged `client-gone`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_client_that_gave_up_is_not_forwarded() {
+    let (backend, seen) = recording_backend(Duration::from_millis(600)).await;
+    let dir = std::env::temp_dir().join(format!("upstreams-hostile-gone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let p = proxy(
+        &backend.to_string(),
+        &[
+            "--max-conns",
+            "1",
+            "--queue-timeout",
+            "20s",
+            "--access-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    let (listen, admin) = (p.addrs[0], p.addrs[1]);
+    let first = tokio::spawn(ask(listen, 0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for id in 1..=5 {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        s.write_all(format!("{id}\n").as_bytes()).await.unwrap();
+        drop(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let last = tokio::spawn(ask(listen, 6));
+    assert_eq!(first.await.unwrap(), "ok\n");
+    assert_eq!(last.await.unwrap(), "ok\n");
+    assert_eq!(*seen.lock().unwrap(), ["0", "6"]);
+    assert_eq!(listener_figure(admin, "queue_abandoned").await, 5);
+    wait_until(
+        "five client-gone lines",
+        Duration::from_secs(5),
+        async || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.matches("outcome=client-gone").count() == 5
+        },
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Item 10: a client closed unserved (refused, or out of queue time) with bytes nobody read
+/// gets a clean end of stream, not a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unserved_client_with_unread_bytes_is_closed_cleanly() {
+    let (busy, _seen) = recording_backend(Duration::from_secs(5)).await;
+    let queued = proxy(
+        &busy.to_string(),
+        &["--max-conns", "1", "--queue-timeout", "300ms"],
+    );
+    let _holder = tokio::spawn(ask(queued.addrs[0], 0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (hole, _l, _fillers) = black_hole().await;
+    let refused = proxy(
+        &hole.to_string(),
+        &["--connect-timeout", "300ms", "--retries", "0"],
+    );
+    for (what, listen) in [
+        ("queue-timeout", queued.addrs[0]),
+        ("refused", refused.addrs[0]),
+    ] {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        s.write_all(b"a request nobody reads\n").await.unwrap();
+        let mut buf = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!(end.map_err(|e| e.kind()), Ok(0), "{what}");
+    }
 }

@@ -35,7 +35,8 @@ pub(crate) struct Tally {
     /// `ok`, `retried` (ok after a retry), `refused` (no upstream could take it), `failed`
     /// (the backend failed after the client's bytes reached it), `timeout` (no answer in
     /// time), `reset` (the backend reset after answering), `idle` (idle timeout),
-    /// `client-gone`, `no-descriptors`, `bad-proxy-header` (`accept_proxy`), `queue-timeout`
+    /// `client-gone` (also a client that closed while queued: nothing was forwarded),
+    /// `no-descriptors`, `bad-proxy-header` (`accept_proxy`), `queue-timeout`
     /// (every upstream at `max_conns` for `queue_timeout`).
     pub(crate) outcome: &'static str,
 }

@@ -31,8 +31,8 @@ pub(crate) struct Listener {
     settings: RwLock<Arc<Settings>>,
     pub(crate) stats: Arc<Stats>,
     stop: Notify,
-    /// Signalled when a session ends: a client queued under `max_conns` tries again.
-    slot_freed: Notify,
+    /// Clients waiting under `max_conns`, woken first to last as sessions end.
+    queue: super::queue::Queue,
     /// Signalled when a client closes: accepting resumes under `max_connections`.
     conn_freed: Notify,
 }
@@ -118,7 +118,7 @@ impl Listener {
             settings: RwLock::new(Arc::new(settings)),
             stats,
             stop: Notify::new(),
-            slot_freed: Notify::new(),
+            queue: super::queue::Queue::default(),
             conn_freed: Notify::new(),
         }))
     }
@@ -251,7 +251,7 @@ impl Listener {
                         me.stats.connections.fetch_sub(1, Ordering::Relaxed);
                         // Wake a queued client (`max_conns`) and a paused accept loop
                         // (`max_connections`); a permit is kept when nobody waits.
-                        me.slot_freed.notify_one();
+                        me.queue.wake_first();
                         me.conn_freed.notify_one();
                         if let Some(log) = super::access::LOG.get() {
                             let client = PeerName(peer).to_string();
@@ -293,31 +293,56 @@ impl Listener {
         }
     }
 
-    /// A pick for a client that found every upstream at `max_conns`: waits, in the order
-    /// clients arrived, for a session to end, up to `queue_timeout`. `None` when the time ran
-    /// out (or nothing is selectable any more).
-    async fn wait_in_queue(&self, settings: &Settings, key: &[u8]) -> Option<upstreams::Picked> {
+    /// A pick for a client that found every upstream at `max_conns` (or others already
+    /// waiting): waits its turn, first in first out, for a session to end, up to
+    /// `queue_timeout`. Meanwhile the client's bytes are read into `sent` (forwarded once it
+    /// is served), so a client that closes while it waits is seen: it is not forwarded
+    /// (HAProxy's `abortonclose`). Under `half_close` a client's end of stream is its
+    /// half-close instead, and it keeps its place.
+    async fn wait_in_queue(
+        &self,
+        settings: &Settings,
+        key: &[u8],
+        client: &mut Client,
+        sent: &mut Vec<u8>,
+        client_done: &mut bool,
+    ) -> Result<upstreams::Picked, Unqueued> {
+        use tokio::io::AsyncReadExt;
         self.stats.queued_total.fetch_add(1, Ordering::Relaxed);
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let ticket = self.queue.join();
         let deadline = Instant::now() + settings.queue_timeout;
         let picked = loop {
-            let freed = self.slot_freed.notified();
-            if let Some(p) = self.list.get(settings.rotation, key) {
-                break Some(p);
+            if ticket.is_first() {
+                if let Some(p) = self.list.get(settings.rotation, key) {
+                    break Ok(p);
+                }
             }
             let now = Instant::now();
-            if now >= deadline || self.list.alive_count() == 0 {
-                break None;
+            if self.list.alive_count() == 0 {
+                break Err(Unqueued::NoUpstream);
+            }
+            if now >= deadline {
+                break Err(Unqueued::Timeout);
             }
             // A missed wake-up costs at most 50 ms.
             let nap = (deadline - now).min(Duration::from_millis(50));
-            let _ = tokio::time::timeout(nap, freed).await;
+            if sent.capacity() - sent.len() < READ_SIZE / 4 {
+                sent.reserve(READ_SIZE);
+            }
+            let listen = !*client_done && sent.len() < REPLAY_LIMIT;
+            tokio::select! {
+                () = ticket.wake.notified() => {}
+                () = tokio::time::sleep(nap) => {}
+                read = client.read_buf(sent), if listen => match read {
+                    Ok(0) if settings.half_close => *client_done = true,
+                    Ok(0) | Err(_) => break Err(Unqueued::ClientGone),
+                    Ok(_) => {}
+                },
+            }
         };
+        drop(ticket);
         self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-        if picked.is_some() {
-            // Another queued client may fit as well.
-            self.slot_freed.notify_one();
-        }
         picked
     }
 
@@ -365,7 +390,13 @@ impl Listener {
             };
             proxy_protocol::header(version, addrs.or_else(own))
         });
-        let tally = self.forward(client, peer, &early, header.as_deref()).await;
+        let tally = self
+            .forward(&mut client, peer, &early, header.as_deref())
+            .await;
+        if matches!(tally.outcome, "refused" | "queue-timeout") {
+            // What the client sent and nobody read would turn the close into a reset.
+            net::drain_readable(&mut client);
+        }
         (tally, peer)
     }
 
@@ -378,7 +409,7 @@ impl Listener {
     /// the PROXY protocol header each backend connection starts with.
     async fn forward(
         &self,
-        mut client: Client,
+        client: &mut Client,
         peer: Option<SocketAddr>,
         early: &[u8],
         header: Option<&[u8]>,
@@ -417,19 +448,38 @@ impl Listener {
         };
         for _attempt in 0..=settings.retries {
             let picked = match &previous {
-                None => match self.list.get(settings.rotation, key) {
-                    None if settings.max_conns != 0 && self.list.alive_count() > 0 => {
-                        let waited = self.wait_in_queue(&settings, key).await;
-                        if waited.is_none() && self.list.alive_count() > 0 {
-                            self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
-                            tracing::debug!(%peer, "every upstream at max_conns for queue_timeout; closing");
-                            tally.outcome = "queue-timeout";
-                            return tally;
+                None => {
+                    // Behind those already waiting, as a queue is.
+                    let first = if self.queue.is_empty() {
+                        self.list.get(settings.rotation, key)
+                    } else {
+                        None
+                    };
+                    match first {
+                        None if settings.max_conns != 0 && self.list.alive_count() > 0 => {
+                            match self
+                                .wait_in_queue(&settings, key, client, sent, &mut client_done)
+                                .await
+                            {
+                                Ok(picked) => Some(picked),
+                                Err(Unqueued::NoUpstream) => None,
+                                Err(Unqueued::Timeout) => {
+                                    self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(%peer, "every upstream at max_conns for queue_timeout; closing");
+                                    tally.outcome = "queue-timeout";
+                                    return tally;
+                                }
+                                Err(Unqueued::ClientGone) => {
+                                    self.stats.queue_abandoned.fetch_add(1, Ordering::Relaxed);
+                                    tracing::debug!(%peer, "client gone while queued; nothing forwarded");
+                                    tally.outcome = "client-gone";
+                                    return tally;
+                                }
+                            }
                         }
-                        waited
+                        picked => picked,
                     }
-                    picked => picked,
-                },
+                }
                 Some(prev) => {
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tried.push(Arc::clone(prev));
@@ -497,7 +547,7 @@ impl Listener {
                 idle: settings.idle_timeout,
             };
             let first = first_answer(
-                &mut client,
+                client,
                 &mut backend,
                 sent,
                 answer,
@@ -526,7 +576,7 @@ impl Listener {
                     let retried = tally.tries > 1;
                     let (end, up, down) = self
                         .relay_session(
-                            &mut client,
+                            client,
                             &mut backend,
                             [sent, answer],
                             client_done,
@@ -692,6 +742,16 @@ fn ip_text(ip: std::net::IpAddr, buf: &mut [u8; 48]) -> &[u8] {
 fn is_local_exhaustion(err: &std::io::Error) -> bool {
     err.raw_os_error()
         .is_some_and(|e| [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM].contains(&e))
+}
+
+/// Why a queued client left the queue without a pick.
+enum Unqueued {
+    /// `queue_timeout` passed.
+    Timeout,
+    /// No upstream is selectable any more.
+    NoUpstream,
+    /// The client closed (or reset) while it waited.
+    ClientGone,
 }
 
 /// Most client bytes kept for a replay; beyond this a session is committed to its backend.

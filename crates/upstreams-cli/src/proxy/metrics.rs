@@ -348,6 +348,12 @@ fn listener_families(
     )?;
     c(
         enc,
+        "upstreams_listener_queue_abandoned",
+        "Queued clients that closed before an upstream was free (nothing forwarded).",
+        &|s| load(&s.queue_abandoned),
+    )?;
+    c(
+        enc,
         "upstreams_listener_accept_paused",
         "Times the listener stopped accepting at max_connections.",
         &|s| load(&s.accept_paused),

@@ -8,6 +8,7 @@ mod forward;
 mod metrics;
 mod net;
 mod proxy_protocol;
+mod queue;
 mod relay;
 mod stats;
 

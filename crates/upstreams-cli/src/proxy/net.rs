@@ -14,6 +14,23 @@ pub(crate) type Client = Either<TcpStream, UnixStream>;
 /// A backend connection, TCP or Unix.
 pub(crate) type Backend = Either<TcpStream, UnixStream>;
 
+/// Reads and drops what a client sent that nobody will read, without waiting (at most
+/// 64 KiB), so that closing it ends with a FIN: a socket closed with unread bytes sends a
+/// reset, and the client may lose the end of what it was sent.
+pub(crate) fn drain_readable(client: &mut Client) {
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        let read = match client {
+            Either::Left(tcp) => tcp.try_read(&mut buf),
+            Either::Right(unix) => unix.try_read(&mut buf),
+        };
+        match read {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
 /// A listen address as nginx's `listen` takes it: `IP:port`, `[v6]:port`, `host:port`
 /// (resolved once, at start or reload), `:port` or `port` (every IPv4 address, as nginx's
 /// `listen 80`), or `unix:/path`.

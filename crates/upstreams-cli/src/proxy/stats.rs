@@ -85,6 +85,8 @@ pub(crate) struct Stats {
     pub(crate) queued: AtomicI64,
     /// Clients closed after waiting `queue_timeout`.
     pub(crate) queue_timeouts: AtomicU64,
+    /// Queued clients that closed before an upstream was free (not forwarded).
+    pub(crate) queue_abandoned: AtomicU64,
     /// Clients being served now (accepted, not yet closed).
     pub(crate) connections: AtomicI64,
     /// Times the listener stopped accepting at `max_connections`.

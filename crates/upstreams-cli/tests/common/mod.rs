@@ -267,3 +267,27 @@ pub async fn echo_backend() -> SocketAddr {
     });
     addr
 }
+
+/// A black hole: a listener with a backlog of one that never accepts, its queue filled, so
+/// further SYNs are dropped and connects hang until the caller's timeout. The returned
+/// streams keep the queue full.
+pub async fn black_hole() -> (SocketAddr, tokio::net::TcpListener, Vec<TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = socket.listen(1).unwrap();
+    let addr = l.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => fillers.push(s),
+            _ => break, // the queue is full: this SYN was dropped
+        }
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr))
+            .await
+            .is_err(),
+        "the black hole still completes handshakes"
+    );
+    (addr, l, fillers)
+}
