@@ -26,6 +26,8 @@ pub(crate) struct Listener {
     pub(crate) list: Arc<UpstreamList>,
     /// Upstreams a reload removed, shown (as `draining`) while sessions still use them.
     draining: std::sync::Mutex<Vec<Arc<Upstream>>>,
+    /// `draining.len()`, read without the lock as each session ends.
+    draining_len: AtomicUsize,
     /// The active health checker, when the settings ask for one.
     checker: std::sync::Mutex<Option<Arc<Checker>>>,
     settings: RwLock<Arc<Settings>>,
@@ -114,6 +116,7 @@ impl Listener {
             bound,
             list,
             draining: std::sync::Mutex::default(),
+            draining_len: AtomicUsize::new(0),
             checker: std::sync::Mutex::new(checker),
             settings: RwLock::new(Arc::new(settings)),
             stats,
@@ -152,6 +155,7 @@ impl Listener {
                     .filter(|up| !after.contains(&Arc::as_ptr(up))),
             );
         }
+        self.prune_draining();
         {
             let mut checker = self.checker.lock().unwrap_or_else(|p| p.into_inner());
             match (checker.as_ref(), settings.health_check.clone()) {
@@ -189,14 +193,34 @@ impl Listener {
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 
-    /// The upstreams to show: the list's, then removed ones that sessions still use.
+    /// The upstreams to show: the list's, then removed ones that sessions still use, one
+    /// entry per name (an upstream a reload brought back is shown as the list's, its
+    /// figures, kept by name, include the old sessions).
     pub(crate) fn shown_upstreams(&self) -> Vec<Arc<Upstream>> {
         let mut shown = self.list.upstreams();
-        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
-        // A session holds its pick in flight until it ends.
-        draining.retain(|up| up.inflight() > 0);
+        let draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
         shown.extend(draining.iter().cloned());
         shown
+    }
+
+    /// Forgets removed upstreams that no session uses any more, and the figures of names
+    /// that are neither listed nor used. Runs at each reload and when a session of a
+    /// removed upstream ends, so memory follows what is in use, whether or not anyone reads
+    /// the admin pages.
+    fn prune_draining(&self) {
+        let listed = self.list.upstreams();
+        let names: std::collections::HashSet<&str> = listed.iter().map(|u| u.name()).collect();
+        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        // A session holds its pick in flight until it ends; a name listed again is shown
+        // (and counted) as the list's upstream.
+        draining.retain(|up| up.inflight() > 0 && !names.contains(up.name()));
+        self.draining_len.store(draining.len(), Ordering::Release);
+        let kept: std::collections::HashSet<&str> = names
+            .iter()
+            .copied()
+            .chain(draining.iter().map(|u| u.name()))
+            .collect();
+        self.stats.retain(|name| kept.contains(name));
     }
 
     /// Starts the health checks, if any (once the listener is in service).
@@ -252,6 +276,9 @@ impl Listener {
                         // Wake a queued client (`max_conns`) and a paused accept loop
                         // (`max_connections`); a permit is kept when nobody waits.
                         me.queue.wake_first();
+                        if me.draining_len.load(Ordering::Acquire) > 0 {
+                            me.prune_draining();
+                        }
                         me.conn_freed.notify_one();
                         if let Some(log) = super::access::LOG.get() {
                             let client = PeerName(peer).to_string();

@@ -94,6 +94,14 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
+    /// Keeps the figures of the names `keep` says yes to.
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.per
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| keep(name));
+    }
+
     pub(crate) fn upstream(&self, name: &str) -> Arc<UpStats> {
         if let Some(s) = self.per.read().unwrap_or_else(|p| p.into_inner()).get(name) {
             return Arc::clone(s);
