@@ -127,29 +127,22 @@ async fn the_admin_listener_is_bounded() {
     let waited = start.elapsed();
     assert!(waited < Duration::from_secs(8), "{waited:?}");
 
-    // 64 idle connections fill the admin listener; the 65th is closed at once; the proxy
-    // serves clients throughout, and the admin listener recovers when they go.
+    // 64 idle connections fill the admin listener; the 65th takes the place of the one idle
+    // longest (hostile.rs has the flood cases); the proxy serves clients throughout.
     let mut idle = Vec::new();
     for _ in 0..64 {
         idle.push(TcpStream::connect(admin).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut extra = TcpStream::connect(admin).await.unwrap();
-    let _ = extra
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await;
+    assert_eq!(admin_get(admin, "/healthz").await, "ok\n");
+    let mut first = idle.remove(0);
     let mut buf = Vec::new();
-    let n = tokio::time::timeout(Duration::from_secs(2), extra.read_to_end(&mut buf))
+    let n = tokio::time::timeout(Duration::from_secs(2), first.read_to_end(&mut buf))
         .await
         .unwrap()
         .unwrap_or(0);
-    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf));
+    assert_eq!(n, 0, "the oldest idle connection was closed");
     assert_eq!(request(p.addrs[0]).await.unwrap(), "b");
-    drop(idle);
-    wait_until("admin back", Duration::from_secs(5), async || {
-        admin_get(admin, "/healthz").await == "ok\n"
-    })
-    .await;
 }
 
 /// `/metrics` passes `promtool check metrics` (the Prometheus text format and its naming

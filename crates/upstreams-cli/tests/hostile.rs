@@ -480,3 +480,135 @@ async fn reloads_that_remove_upstreams_do_not_grow_memory() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One `GET path` on an open kept-alive connection; the body, or `None` when the connection
+/// was closed.
+async fn keep_alive_get(s: &mut TcpStream, path: &str) -> Option<String> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse().ok())?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.ok()?;
+    Some(String::from_utf8_lossy(&body).to_string())
+}
+
+/// `/healthz` with a deadline; whether it answered `ok`.
+async fn healthz(admin: SocketAddr) -> bool {
+    tokio::time::timeout(Duration::from_secs(2), admin_get(admin, "/healthz"))
+        .await
+        .is_ok_and(|body| body == "ok\n")
+}
+
+/// Item 5: 64 silent connections, or 64 kept-alive ones sending a request a second, do not
+/// lock the admin listener: every liveness probe and scrape meanwhile is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_floods_do_not_lock_out_health_probes() {
+    let echo = echo_backend().await;
+    let p = proxy(&echo.to_string(), &[]);
+    let admin = p.addrs[1];
+    // Silent: an attacker who reconnects what was closed, every 100 ms.
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(TcpStream::connect(admin).await.unwrap());
+    }
+    for round in 0..20 {
+        assert!(
+            healthz(admin).await,
+            "probe {round} behind 64 silent connections"
+        );
+        let body = admin_get(admin, "/metrics").await;
+        assert!(body.contains("upstreams_build_info"), "scrape {round}");
+        for s in &mut silent {
+            let mut one = [0u8; 1];
+            let closed = matches!(
+                tokio::time::timeout(Duration::from_millis(1), s.read(&mut one)).await,
+                Ok(Ok(0) | Err(_))
+            );
+            if closed {
+                *s = TcpStream::connect(admin).await.unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(silent);
+    // Busy: 64 kept-alive clients, each sending a request a second and reconnecting when
+    // closed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = Vec::new();
+    for _ in 0..64 {
+        let stop = Arc::clone(&stop);
+        flood.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(admin).await.unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if keep_alive_get(&mut s, "/status.json").await.is_none() {
+                    s = TcpStream::connect(admin).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut answered = 0;
+    for _ in 0..20 {
+        if healthz(admin).await {
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flood {
+        let _ = f.await;
+    }
+    assert_eq!(answered, 20, "probes answered behind 64 kept-alive clients");
+}
+
+/// Item 10: the write API finds a listener written in any form of its address
+/// (`[0:0:0:0:0:0:0:1]:P` is `[::1]:P`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_path_compares_addresses_not_text() {
+    let echo = echo_backend().await;
+    let p = spawn(
+        &[
+            "proxy",
+            &echo.to_string(),
+            "--listen",
+            "[::1]:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-write",
+        ],
+        2,
+    );
+    let (listen, admin) = (p.addrs[0], p.addrs[1]);
+    let long = format!("[0:0:0:0:0:0:0:1]:{}", listen.port());
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /listeners/{long}/upstreams/{echo}/drain HTTP/1.1\r\nHost: a\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut back = String::new();
+    s.read_to_string(&mut back).await.unwrap();
+    assert!(back.starts_with("HTTP/1.1 200"), "{back}");
+}

@@ -1,27 +1,34 @@
 //! The admin listener: `/metrics` (Prometheus text), `/status` (HTML that refreshes itself)
 //! and `/status.json`.
 //!
-//! Bounded, so that it can never starve the proxy: at most [`MAX_CONNECTIONS`] connections
-//! (more are closed at once), a request head must arrive within [`HEADER_TIMEOUT`], a
-//! connection lives at most [`CONNECTION_LIFETIME`], and no page grows with the size of a
-//! list beyond [`PAGE`] upstreams per listener (`/status.json?offset=N&limit=M` pages through
-//! the rest; `/metrics` drops per-upstream series for listeners above that size unless asked
-//! with `?per_upstream=all`).
+//! Bounded, so that it can never starve the proxy: at most [`MAX_CONNECTIONS`] connections,
+//! a request head must arrive within [`HEADER_TIMEOUT`], a connection lives at most
+//! [`CONNECTION_LIFETIME`], and no page grows with the size of a list beyond [`PAGE`]
+//! upstreams per listener (`/status.json?offset=N&limit=M` pages through the rest;
+//! `/metrics` drops per-upstream series for listeners above that size unless asked with
+//! `?per_upstream=all`).
+//!
+//! When all [`MAX_CONNECTIONS`] are open, a new connection takes the place of the one that
+//! has been idle longest (silent since it was accepted, or between two requests of a kept-alive
+//! connection): that one is closed, so a liveness probe or a scrape always gets in, whatever
+//! other clients hold open. Only when every connection is in the middle of a request is the
+//! new one closed at once.
 
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::Router;
+use tokio::sync::Notify;
 
 use super::Proxy;
 
-/// Admin connections served at once; more are closed on accept.
+/// Admin connections served at once; beyond it the longest idle one gives way.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// Time for a request head to arrive (each request of a kept-alive connection).
 pub(crate) const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -31,10 +38,67 @@ pub(crate) const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration:
 /// above which `/metrics` leaves out per-upstream series.
 pub(crate) const PAGE: usize = 1000;
 
+/// One open admin connection, as the eviction sees it.
+struct Conn {
+    /// A request is being answered.
+    busy: AtomicBool,
+    /// Nanoseconds from the table's epoch to the end of the latest request (or the accept).
+    idle_since: AtomicU64,
+    /// Closes the connection.
+    close: Notify,
+}
+
+/// The open admin connections.
+struct Conns {
+    epoch: Instant,
+    open: Mutex<std::collections::HashMap<u64, Arc<Conn>>>,
+}
+
+impl Conns {
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A place for connection `id`, closing the longest idle one when all are taken; `None`
+    /// when every connection is mid-request.
+    fn admit(&self, id: u64) -> Option<Arc<Conn>> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= MAX_CONNECTIONS {
+            let victim = open
+                .iter()
+                .filter(|(_, c)| !c.busy.load(Ordering::Acquire))
+                .min_by_key(|(_, c)| c.idle_since.load(Ordering::Relaxed))
+                .map(|(id, _)| *id)?;
+            if let Some(gone) = open.remove(&victim) {
+                gone.close.notify_one();
+            }
+        }
+        let conn = Arc::new(Conn {
+            busy: AtomicBool::new(false),
+            idle_since: AtomicU64::new(self.now()),
+            close: Notify::new(),
+        });
+        open.insert(id, Arc::clone(&conn));
+        Some(conn)
+    }
+
+    fn leave(&self, id: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+}
+
 /// Serves the admin router on `tcp` within the bounds above.
 pub(crate) async fn serve(tcp: tokio::net::TcpListener, app: Router) {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    use tower::ServiceExt as _;
+    let conns = Arc::new(Conns {
+        epoch: Instant::now(),
+        open: Mutex::default(),
+    });
+    let mut next_id = 0u64;
     loop {
         let (stream, peer) = match tcp.accept().await {
             Ok(a) => a,
@@ -44,20 +108,38 @@ pub(crate) async fn serve(tcp: tokio::net::TcpListener, app: Router) {
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tracing::debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} already open");
+        next_id += 1;
+        let id = next_id;
+        let Some(conn) = conns.admit(id) else {
+            tracing::debug!(%peer, "admin connection refused: {MAX_CONNECTIONS} requests in progress");
             continue;
         };
         // The peer's address reaches handlers (write requests are for loopback clients).
         let app = app.clone().layer(axum::Extension(Peer(peer)));
-        let service = hyper_util::service::TowerToHyperService::new(app);
+        let (marks, table) = (Arc::clone(&conn), Arc::clone(&conns));
+        let service = hyper::service::service_fn(
+            move |req: axum::extract::Request<hyper::body::Incoming>| {
+                let (app, marks, table) = (app.clone(), Arc::clone(&marks), Arc::clone(&table));
+                marks.busy.store(true, Ordering::Release);
+                async move {
+                    let answer = app.oneshot(req.map(axum::body::Body::new)).await;
+                    marks.idle_since.store(table.now(), Ordering::Relaxed);
+                    marks.busy.store(false, Ordering::Release);
+                    answer
+                }
+            },
+        );
+        let table = Arc::clone(&conns);
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
-            let conn = http.serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
-            drop(permit);
+            let served = http.serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, served) => {}
+                () = conn.close.notified() => {}
+            }
+            table.leave(id);
         });
     }
 }
@@ -90,10 +172,21 @@ async fn write_upstream(
         );
     }
     let listeners = proxy.listeners();
-    let Some(l) = listeners
-        .iter()
-        .find(|l| l.bound.to_string() == listen || l.listen.to_string() == listen)
-    else {
+    // Addresses compare as addresses (`[0:0:0:0:0:0:0:1]:P` is `[::1]:P`); a Unix
+    // listener by its text. Nothing is resolved here.
+    let wanted = listen.parse::<std::net::SocketAddr>().ok().map(|a| {
+        super::net::ListenAddr::Tcp(std::net::SocketAddr::new(a.ip().to_canonical(), a.port()))
+    });
+    let same = |have: &super::net::ListenAddr| match (&wanted, have) {
+        (Some(w), super::net::ListenAddr::Tcp(h)) => {
+            *w == super::net::ListenAddr::Tcp(std::net::SocketAddr::new(
+                h.ip().to_canonical(),
+                h.port(),
+            ))
+        }
+        _ => have.to_string() == listen,
+    };
+    let Some(l) = listeners.iter().find(|l| same(&l.bound) || same(&l.listen)) else {
         return (StatusCode::NOT_FOUND, format!("no listener {listen:?}\n"));
     };
     let Some(up) = l.list.find(&name) else {
