@@ -612,3 +612,55 @@ async fn the_admin_path_compares_addresses_not_text() {
     s.read_to_string(&mut back).await.unwrap();
     assert!(back.starts_with("HTTP/1.1 200"), "{back}");
 }
+
+/// Item 10: out of descriptors, 400 clients cost a few log lines a second, not one per
+/// client and per accept retry; the proxy serves again once descriptors come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_exhaustion_logs_a_line_a_second() {
+    let echo = echo_backend().await;
+    let dir = std::env::temp_dir().join(format!("upstreams-hostile-fds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("proxy.log");
+    let p = spawn_under_logged(
+        &["prlimit", "--nofile=64:64"],
+        &[
+            "proxy",
+            &echo.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+        ],
+        2,
+        &log,
+    );
+    let (listen, admin) = (p.addrs[0], p.addrs[1]);
+    let mut clients = Vec::new();
+    for _ in 0..400 {
+        if let Ok(s) = TcpStream::connect(listen).await {
+            clients.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warns = text.lines().filter(|l| l.contains("WARN")).count();
+    // Two kinds of event, a line a second each, over about three seconds.
+    assert!(warns <= 10, "{warns} WARN lines:\n{text}");
+    assert!(warns >= 1, "nothing logged:\n{text}");
+    drop(clients);
+    wait_until("recovery", Duration::from_secs(10), async || {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        s.write_all(b"ping").await.is_ok() && {
+            let mut back = [0u8; 4];
+            matches!(
+                tokio::time::timeout(Duration::from_millis(500), s.read_exact(&mut back)).await,
+                Ok(Ok(_))
+            )
+        }
+    })
+    .await;
+    assert!(listener_figure(admin, "accept_errors").await >= 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -14,6 +14,7 @@ use super::access::Tally;
 use super::config::Settings;
 use super::net::{self, Acceptor, Backend, Client, ListenAddr, Target};
 use super::proxy_protocol;
+use super::ratelog::RateLimited;
 use super::relay::{later, pool, relay, End, READ_SIZE};
 use super::stats::{Stats, UpStats};
 
@@ -33,6 +34,9 @@ pub(crate) struct Listener {
     settings: RwLock<Arc<Settings>>,
     pub(crate) stats: Arc<Stats>,
     stop: Notify,
+    /// Failed accepts and exhausted descriptors: a line a second at most, each.
+    accept_log: RateLimited,
+    exhausted_log: RateLimited,
     /// Clients waiting under `max_conns`, woken first to last as sessions end.
     queue: super::queue::Queue,
     /// Signalled when a client closes: accepting resumes under `max_connections`.
@@ -122,6 +126,8 @@ impl Listener {
             stats,
             stop: Notify::new(),
             queue: super::queue::Queue::default(),
+            accept_log: RateLimited::new(Duration::from_secs(1)),
+            exhausted_log: RateLimited::new(Duration::from_secs(1)),
             conn_freed: Notify::new(),
         }))
     }
@@ -257,10 +263,18 @@ impl Listener {
                     let (client, peer) = match accepted {
                         Ok(a) => a,
                         Err(err) => {
-                            // Out of descriptors and the like: back off briefly, keep serving.
+                            // Out of descriptors and the like: pause accepting (500 ms, as
+                            // nginx does; the kernel's backlog holds new clients meanwhile),
+                            // keep serving, and log a line a second at most.
                             self.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(listener = %self.listen, %err, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                            let pause = if is_local_exhaustion(&err) { 500 } else { 10 };
+                            if let Some(held) = self.accept_log.allow() {
+                                tracing::warn!(listener = %self.listen, %err, failures_not_logged = held, pause_ms = pause, "accept failed");
+                            }
+                            tokio::select! {
+                                _ = self.stop.notified() => break,
+                                () = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                            }
                             continue;
                         }
                     };
@@ -534,7 +548,9 @@ impl Listener {
                         Ok(Err(err)) if is_local_exhaustion(&err) => {
                             // Out of descriptors here: no backend is to blame, and no retry
                             // can help before some session ends.
-                            tracing::warn!(%peer, %err, "cannot open a backend connection");
+                            if let Some(held) = self.exhausted_log.allow() {
+                                tracing::warn!(%peer, %err, clients_not_logged = held, "cannot open a backend connection");
+                            }
                             picked.release();
                             self.stats.refused.fetch_add(1, Ordering::Relaxed);
                             tally.outcome = "no-descriptors";

@@ -9,6 +9,7 @@ mod metrics;
 mod net;
 mod proxy_protocol;
 mod queue;
+mod ratelog;
 mod relay;
 mod stats;
 

@@ -51,6 +51,17 @@ pub fn spawn_logged(args: &[&str], lines: usize, log: &std::path::Path) -> Proc 
     spawn_full(&[], args, lines, Stdio::from(file))
 }
 
+/// [`spawn_under`] with the process's log (stderr) written to `log`.
+pub fn spawn_under_logged(
+    wrapper: &[&str],
+    args: &[&str],
+    lines: usize,
+    log: &std::path::Path,
+) -> Proc {
+    let file = std::fs::File::create(log).unwrap();
+    spawn_full(wrapper, args, lines, Stdio::from(file))
+}
+
 fn spawn_full(wrapper: &[&str], args: &[&str], lines: usize, stderr: Stdio) -> Proc {
     let bin = env!("CARGO_BIN_EXE_upstreams");
     let mut command = match wrapper.split_first() {
