@@ -664,3 +664,59 @@ async fn descriptor_exhaustion_logs_a_line_a_second() {
     assert!(listener_figure(admin, "accept_errors").await >= 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Item 10: a listener removed by a reload keeps showing its sessions (marked `removed`)
+/// while they last, then goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_listener_shows_its_sessions_while_they_last() {
+    let echo = echo_backend().await;
+    let dir = std::env::temp_dir().join(format!("upstreams-hostile-gone-l-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.toml");
+    let (a, b) = (free_port(), free_port());
+    let listener =
+        |at: SocketAddr| format!("[[listener]]\nlisten = \"{at}\"\nupstreams = \"{echo}\"\n");
+    std::fs::write(
+        &file,
+        format!("admin = \"127.0.0.1:0\"\n{}{}", listener(a), listener(b)),
+    )
+    .unwrap();
+    let log = dir.join("proxy.log");
+    let p = spawn_logged(&["proxy", "--config", file.to_str().unwrap()], 3, &log);
+    let admin = p.addrs[2];
+    let mut session = TcpStream::connect(b).await.unwrap();
+    session.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    session.read_exact(&mut one).await.unwrap();
+    std::fs::write(&file, format!("admin = \"127.0.0.1:0\"\n{}", listener(a))).unwrap();
+    p.signal("-HUP");
+    wait_until("the reload", Duration::from_secs(5), async || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("proxy: reloaded ")
+    })
+    .await;
+    let listeners = async || -> Vec<serde_json::Value> {
+        let status: serde_json::Value =
+            serde_json::from_str(&admin_get(admin, "/status.json").await).unwrap();
+        status["listeners"].as_array().unwrap().clone()
+    };
+    let shown = listeners().await;
+    let gone = shown
+        .iter()
+        .find(|l| l["listen"] == b.to_string())
+        .expect("the removed listener is shown while its session lasts");
+    assert_eq!(gone["removed"], true);
+    assert_eq!(gone["connections"], 1);
+    assert_eq!(gone["accepted"], 1);
+    session.write_all(b"y").await.unwrap();
+    session.read_exact(&mut one).await.unwrap();
+    drop(session);
+    wait_until(
+        "the removed listener to go",
+        Duration::from_secs(5),
+        async || listeners().await.len() == 1,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -301,6 +301,8 @@ pub(crate) struct StatusSnapshot {
 #[derive(Debug, serde::Serialize)]
 struct ListenerStatus {
     listen: String,
+    /// A reload removed it: it accepts no one, its sessions go on.
+    removed: bool,
     definition: String,
     rotation: String,
     accepted: u64,
@@ -363,10 +365,12 @@ struct CheckView {
 /// The snapshot of the proxy: one page of each listener's upstreams.
 pub(crate) fn snapshot(proxy: &Proxy, paging: Paging) -> StatusSnapshot {
     let limit = paging.limit.min(PAGE);
+    let serving = proxy.listeners();
     let listeners = proxy
-        .listeners()
+        .shown_listeners()
         .iter()
         .map(|l| {
+            let removed = !serving.iter().any(|s| Arc::ptr_eq(s, l));
             let settings = l.settings();
             let checker = l.checker();
             let shown = l.shown_upstreams();
@@ -417,6 +421,7 @@ pub(crate) fn snapshot(proxy: &Proxy, paging: Paging) -> StatusSnapshot {
                 .collect();
             ListenerStatus {
                 listen: l.bound.to_string(),
+                removed,
                 definition: shortened(l.list.to_string()),
                 rotation: l.list.rotation().unwrap_or(settings.rotation).to_string(),
                 accepted: l.stats.accepted.load(Ordering::Relaxed),
@@ -494,11 +499,16 @@ async fn status_html(
     for l in &snap.listeners {
         let _ = write!(
             page,
-            "<h2>listener {}</h2><p>{} &middot; rotation {} &middot; accepted {} &middot; refused {}</p>\
+            "<h2>listener {}{}</h2><p>{} &middot; rotation {} &middot; accepted {} &middot; refused {}</p>\
              <table><tr><th>upstream</th><th>state</th><th>weight</th><th>errors</th><th>active</th>\
              <th>picks</th><th>connect failures</th><th>bytes in</th><th>bytes out</th><th>last change</th>\
              <th>health check</th></tr>",
             escape(&l.listen),
+            if l.removed {
+                " (removed by reload; its sessions go on)"
+            } else {
+                ""
+            },
             escape(&l.definition),
             escape(&l.rotation),
             l.accepted,

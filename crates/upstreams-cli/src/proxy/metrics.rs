@@ -113,7 +113,7 @@ impl std::fmt::Debug for Scrape {
 
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let listeners = self.proxy.listeners();
+        let listeners = self.proxy.shown_listeners();
         let enc = &mut enc;
         // Every (labels, upstream, figures) once.
         let rows: Vec<(Labels, Arc<upstreams::Upstream>, Arc<UpStats>)> = listeners

@@ -154,6 +154,9 @@ pub(crate) struct Args {
 /// The running proxy, shared with the admin pages.
 pub(crate) struct Proxy {
     listeners: RwLock<Vec<Arc<Listener>>>,
+    /// Listeners a reload removed: shown, with their figures, while their sessions last
+    /// (the sessions hold them; a weak reference here keeps none alive).
+    retired: std::sync::Mutex<Vec<std::sync::Weak<Listener>>>,
     /// `admin_write`: the admin listener takes drain / enable requests (from loopback).
     pub(crate) admin_write: std::sync::atomic::AtomicBool,
     pub(crate) sessions: Arc<Sessions>,
@@ -166,6 +169,30 @@ impl Proxy {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// What the pages show: the listeners in service, then those a reload removed that still
+    /// have sessions (unless a listener of the same address took their place).
+    pub(crate) fn shown_listeners(&self) -> Vec<Arc<Listener>> {
+        let mut shown = self.listeners();
+        let retired = self.live_retired();
+        let retired: Vec<Arc<Listener>> = retired
+            .into_iter()
+            .filter(|r| !shown.iter().any(|l| l.listen == r.listen))
+            .collect();
+        shown.extend(retired);
+        shown
+    }
+
+    /// The removed listeners whose sessions go on; forgets the others.
+    fn live_retired(&self) -> Vec<Arc<Listener>> {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        let live: Vec<Arc<Listener>> = retired
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        retired.retain(|w| w.strong_count() > 0);
+        live
     }
 }
 
@@ -334,6 +361,7 @@ async fn serve(args: &Args) -> Result<()> {
     let proxy = Arc::new(Proxy {
         admin_write: std::sync::atomic::AtomicBool::new(config.admin_write),
         listeners: RwLock::default(),
+        retired: std::sync::Mutex::default(),
         sessions: Arc::default(),
         started: Instant::now(),
     });
@@ -541,7 +569,14 @@ fn apply(proxy: &Arc<Proxy>, running: &mut Running, plan: Plan) {
             gone.stop();
         }
         listeners.retain(|l| !plan.stop.iter().any(|g| Arc::ptr_eq(g, l)));
+        proxy
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(plan.stop.iter().map(Arc::downgrade));
     }
+    // Removed listeners whose last session ended are forgotten at each reload too.
+    let _ = proxy.live_retired();
     if let Some(admin) = plan.admin {
         if let Some((_, task)) = running.admin.take() {
             task.abort();
