@@ -12,6 +12,7 @@ mod queue;
 mod ratelog;
 mod relay;
 mod stats;
+mod trim;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -368,6 +369,7 @@ async fn serve(args: &Args) -> Result<()> {
     let mut running = Running::default();
     let plan = prepare(&proxy, &running, None, &config).await?;
     apply(&proxy, &mut running, plan);
+    tokio::spawn(trim::after_bursts(Arc::clone(&proxy.sessions)));
     // systemd (Type=notify): bound and serving. Without NOTIFY_SOCKET this does nothing.
     notify(&[sd_notify::NotifyState::Ready]);
 

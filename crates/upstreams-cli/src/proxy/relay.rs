@@ -211,12 +211,18 @@ impl<'a> Half<'a> {
             }
             self.buf.clear();
             self.at = 0;
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut *src),
-                cx,
-                &mut *self.buf
-            ))
-            .map_err(|_| Side::Source)?;
+            if self.buf.capacity() == 0 {
+                *self.buf = pool::take_one();
+            }
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut *src), cx, &mut *self.buf);
+            let Poll::Ready(read) = read else {
+                // Nothing to move: the buffer goes back to the thread's pool while this side
+                // is quiet, so an idle session holds none (5 000 kept-alive sessions would
+                // otherwise keep two touched pages each; BENCHMARKS.md).
+                pool::give(std::mem::take(self.buf));
+                return Poll::Pending;
+            };
+            let n = read.map_err(|_| Side::Source)?;
             if n == 0 {
                 self.eof = true;
             } else {
@@ -246,13 +252,14 @@ pub(crate) mod pool {
         static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     }
 
-    fn take_one() -> Vec<u8> {
+    pub(crate) fn take_one() -> Vec<u8> {
         FREE.with(|free| free.borrow_mut().pop())
             .unwrap_or_else(|| Vec::with_capacity(READ_SIZE))
     }
 
-    fn give(mut buf: Vec<u8>) {
-        if buf.capacity() > LARGEST {
+    pub(crate) fn give(mut buf: Vec<u8>) {
+        // An empty one (already given back while its session was quiet) holds nothing.
+        if buf.capacity() == 0 || buf.capacity() > LARGEST {
             return;
         }
         buf.clear();
