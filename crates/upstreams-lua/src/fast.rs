@@ -185,7 +185,7 @@ pub(crate) unsafe extern "C" fn upstreams_ffi_pick(
         let Some(list) = list else {
             return (STALE, 0.0);
         };
-        let Some(picked) = crate::list::lua_get(&list, rotation, key) else {
+        let Some(picked) = crate::pick::lua_get(&list, rotation, key) else {
             return (0.0, 0.0);
         };
         let handle = match picked.value::<FastUp>() {

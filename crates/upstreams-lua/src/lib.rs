@@ -22,8 +22,10 @@
 #![deny(missing_docs)]
 
 mod cfg;
+mod core;
 mod fast;
 mod list;
+mod pick;
 mod upstream;
 
 use mlua::{Lua, Result, Table, Value};
@@ -110,7 +112,7 @@ fn fast_table(lua: &Lua) -> Result<Table> {
         "deliver",
         lua.create_function(|lua, ud: mlua::AnyUserData| {
             let core = std::rc::Rc::clone(&ud.borrow::<list::LuaList>()?.core);
-            list::Core::deliver(&core, lua, &ud)
+            upstream::deliver(&core, lua, &ud)
         })?,
     )?;
     Ok(t)

@@ -1,152 +1,14 @@
-//! The `upstream_list` userdata and the delivery of watch events to Lua callbacks.
+//! The `upstream_list` userdata.
 
-use std::cell::Cell;
-use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 
-use mlua::{
-    AnyUserData, Function, Lua, MetaMethod, Result, Table, UserData, UserDataMethods, Value,
-};
-use upstreams::{Event, Events, Rotation, Upstream, UpstreamList};
+use mlua::{AnyUserData, Lua, MetaMethod, Result, Table, UserData, UserDataMethods, Value};
+use upstreams::{Event, Events, Rotation, UpstreamList};
 
-use crate::upstream::LuaUpstream;
-
-type Queued = (Event, Arc<Upstream>, u32);
-
-/// What a list and every upstream wrapper taken from it share.
-pub(crate) struct Core {
-    pub(crate) list: Arc<UpstreamList>,
-    /// Events the core reported, waiting to be handed to Lua callbacks. The core's watchers
-    /// must be `Send + Sync` and may fire at any point inside a call; Lua callbacks run when
-    /// that call is about to return, in order, with no Rust borrow held.
-    queue: Arc<Mutex<VecDeque<Queued>>>,
-    /// Bit per event that some Lua watcher wants (so unwatched events are not queued).
-    wanted: Arc<AtomicU8>,
-    /// A delivery is running: events raised by its callbacks are queued and delivered by
-    /// that outermost call, in order, instead of by a nested one (no native recursion).
-    delivering: Cell<bool>,
-    /// The list's handle on the FFI path (`fast.rs`), once asked for.
-    fast: Cell<Option<f64>>,
-}
-
-impl Drop for Core {
-    fn drop(&mut self) {
-        if let Some(h) = self.fast.get() {
-            crate::fast::unregister_list(h);
-        }
-    }
-}
-
-/// Most events one outermost delivery hands out: callbacks that raise an event for every
-/// event they get would otherwise loop for ever (each `ok()` raises `success`).
-const MOST_DELIVERIES: usize = 100_000;
-
-/// The callbacks of a list live in its userdata's user value (a Lua table of `{mask, fn}`
-/// pairs), where Lua's collector sees them: a callback that refers to its own list is then a
-/// cycle the collector can free. Upstream wrappers keep their list's userdata in their own
-/// user value, for the same reason.
-pub(crate) fn callbacks(list: &AnyUserData) -> Result<Option<Table>> {
-    list.user_value::<Option<Table>>()
-}
-
-impl Core {
-    pub(crate) fn new(list: UpstreamList) -> Rc<Self> {
-        let queue: Arc<Mutex<VecDeque<Queued>>> = Arc::default();
-        let wanted = Arc::new(AtomicU8::new(0));
-        let (q, w) = (Arc::clone(&queue), Arc::clone(&wanted));
-        list.add_watcher(Events::ALL, move |event, up, errors| {
-            if w.load(Ordering::Relaxed) & event.bit() == 0 {
-                return;
-            }
-            if let Some(handle) = up.handle() {
-                q.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_back((event, handle, errors));
-            }
-        });
-        Rc::new(Self {
-            list: Arc::new(list),
-            queue,
-            wanted,
-            delivering: Cell::new(false),
-            fast: Cell::new(None),
-        })
-    }
-
-    /// The list's handle on the FFI path, registered at the first call.
-    pub(crate) fn fast_handle(&self) -> Result<f64> {
-        if let Some(h) = self.fast.get() {
-            return Ok(h);
-        }
-        let h = crate::fast::register_list(Arc::clone(&self.list))
-            .ok_or_else(|| mlua::Error::runtime("upstream_list: too many lists"))?;
-        self.fast.set(Some(h));
-        Ok(h)
-    }
-
-    /// Whether some Lua watcher was added (before that, nothing is ever queued).
-    pub(crate) fn has_watchers(&self) -> bool {
-        self.wanted.load(Ordering::Relaxed) != 0
-    }
-
-    /// Runs the Lua watchers of `list` (the list's userdata) for every queued event. A
-    /// callback's error is reported on stderr and swallowed (SPEC.md item 45); callbacks may
-    /// call back into the list: what they raise is delivered after them by this same call.
-    pub(crate) fn deliver(core: &Rc<Self>, lua: &Lua, list: &AnyUserData) -> Result<()> {
-        if core.wanted.load(Ordering::Relaxed) == 0 || core.delivering.get() {
-            // No Lua watcher (nothing was queued), or an outer delivery will get to it.
-            return Ok(());
-        }
-        let Some(table) = callbacks(list)? else {
-            return Ok(());
-        };
-        core.delivering.set(true);
-        let result = Self::deliver_all(core, lua, list, &table);
-        core.delivering.set(false);
-        result
-    }
-
-    fn deliver_all(core: &Rc<Self>, lua: &Lua, list: &AnyUserData, table: &Table) -> Result<()> {
-        for _ in 0..MOST_DELIVERIES {
-            let next = core
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front();
-            let Some((event, up, errors)) = next else {
-                return Ok(());
-            };
-            // The callbacks registered now (one a callback adds sees later events), taken one
-            // at a time: a Lua reference held from Rust takes a slot of a stack LuaJIT
-            // limits to about 8 000.
-            let registered = table.raw_len();
-            for i in 1..=registered {
-                let pair: Table = table.raw_get(i)?;
-                let mask: u8 = pair.raw_get(1)?;
-                if mask & event.bit() == 0 {
-                    continue;
-                }
-                let callback: Function = pair.raw_get(2)?;
-                let wrapper = LuaUpstream::view(Arc::clone(&up), Some(Rc::clone(core)))
-                    .into_userdata(lua, list)?;
-                if let Err(err) = callback.call::<()>((event.name(), wrapper, errors)) {
-                    eprintln!(
-                        "upstream_list: {event} watcher for {} raised an error: {err}",
-                        up.name()
-                    );
-                }
-            }
-        }
-        // Still going: the callbacks raise an event for every event they get.
-        core.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        Err(mlua::Error::runtime(format!(
-            "upstream_list: watchers raised events for {MOST_DELIVERIES} deliveries in a row \
-             (a watcher that calls ok() on every success?); the rest were dropped"
-        )))
-    }
-}
+use crate::core::{callbacks, Core};
+use crate::pick::lua_get;
+use crate::upstream::{deliver, LuaUpstream};
 
 /// The Lua `upstream_list` object.
 pub(crate) struct LuaList {
@@ -166,22 +28,8 @@ impl LuaList {
             ),
             None => Value::Nil,
         };
-        Core::deliver(&self.core, lua, me)?;
+        deliver(&self.core, lua, me)?;
         Ok(value)
-    }
-}
-
-/// A pick as the Lua API makes it: the list's prefix wins (rspamd), and a `random:` list
-/// balances by power of two choices, as rspamd 4.x serves it (SPEC.md item 47; the Rust
-/// `Rotation::Random` stays plainly random).
-pub(crate) fn lua_get(
-    list: &UpstreamList,
-    rotation: Rotation,
-    key: &[u8],
-) -> Option<upstreams::Picked> {
-    match list.rotation() {
-        Some(Rotation::Random) => list.get_forced(Rotation::P2c, key),
-        _ => list.get(rotation, key),
     }
 }
 

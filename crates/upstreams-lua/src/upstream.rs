@@ -1,14 +1,18 @@
-//! The `upstream` and address userdata.
+//! The `upstream` and address userdata, and the delivery of watch events to Lua callbacks
+//! (each callback gets an `upstream` wrapper).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use mlua::{AnyUserData, MetaMethod, Result, UserData, UserDataMethods, Value};
 use upstreams::{FailKind, Picked, Upstream};
 
-use crate::list::Core;
+use mlua::{Function, Lua, Table};
+
+use crate::core::{callbacks, Core};
 
 /// The Lua `upstream` object: a handle on one upstream of a list.
 pub(crate) struct LuaUpstream {
@@ -79,7 +83,7 @@ fn deliver_from(core: Option<&Rc<Core>>, lua: &mlua::Lua, upstream: &AnyUserData
         return Ok(());
     }
     match upstream.user_value::<Option<AnyUserData>>()? {
-        Some(list) => Core::deliver(core, lua, &list),
+        Some(list) => deliver(core, lua, &list),
         None => Ok(()),
     }
 }
@@ -216,4 +220,64 @@ impl UserData for LuaAddr {
             Ok(*a == *b)
         });
     }
+}
+
+/// Most events one outermost delivery hands out: callbacks that raise an event for every
+/// event they get would otherwise loop for ever (each `ok()` raises `success`).
+const MOST_DELIVERIES: usize = 100_000;
+
+/// Runs the Lua watchers of `list` (the list's userdata) for every queued event. A
+/// callback's error is reported on stderr and swallowed (SPEC.md item 45); callbacks may
+/// call back into the list: what they raise is delivered after them by this same call.
+pub(crate) fn deliver(core: &Rc<Core>, lua: &Lua, list: &AnyUserData) -> Result<()> {
+    if core.wanted.load(Ordering::Relaxed) == 0 || core.delivering.get() {
+        // No Lua watcher (nothing was queued), or an outer delivery will get to it.
+        return Ok(());
+    }
+    let Some(table) = callbacks(list)? else {
+        return Ok(());
+    };
+    core.delivering.set(true);
+    let result = deliver_all(core, lua, list, &table);
+    core.delivering.set(false);
+    result
+}
+
+fn deliver_all(core: &Rc<Core>, lua: &Lua, list: &AnyUserData, table: &Table) -> Result<()> {
+    for _ in 0..MOST_DELIVERIES {
+        let next = core
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        let Some((event, up, errors)) = next else {
+            return Ok(());
+        };
+        // The callbacks registered now (one a callback adds sees later events), taken one
+        // at a time: a Lua reference held from Rust takes a slot of a stack LuaJIT
+        // limits to about 8 000.
+        let registered = table.raw_len();
+        for i in 1..=registered {
+            let pair: Table = table.raw_get(i)?;
+            let mask: u8 = pair.raw_get(1)?;
+            if mask & event.bit() == 0 {
+                continue;
+            }
+            let callback: Function = pair.raw_get(2)?;
+            let wrapper = LuaUpstream::view(Arc::clone(&up), Some(Rc::clone(core)))
+                .into_userdata(lua, list)?;
+            if let Err(err) = callback.call::<()>((event.name(), wrapper, errors)) {
+                eprintln!(
+                    "upstream_list: {event} watcher for {} raised an error: {err}",
+                    up.name()
+                );
+            }
+        }
+    }
+    // Still going: the callbacks raise an event for every event they get.
+    core.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    Err(mlua::Error::runtime(format!(
+        "upstream_list: watchers raised events for {MOST_DELIVERIES} deliveries in a row \
+         (a watcher that calls ok() on every success?); the rest were dropped"
+    )))
 }

@@ -14,7 +14,8 @@ use tower::{BoxError, Service, ServiceExt};
 use upstreams::{Picked, Rotation, Upstream, UpstreamList};
 
 use crate::classify::{Classify, ErrorsFail, Verdict};
-use crate::retry::{NoKey, Route};
+use crate::error::{NoUpstream, UpstreamError};
+use crate::route::{NoKey, Route};
 
 /// The inner service of one upstream, as the list carries it; a call clones it.
 struct Endpoint<S>(S);
@@ -263,38 +264,5 @@ impl<S: Service<Req>, Req, C> fmt::Debug for ResponseFuture<S, Req, C> {
         f.debug_struct("ResponseFuture")
             .field("picked", &self.picked)
             .finish_non_exhaustive()
-    }
-}
-
-/// Nothing in the list could be picked (every upstream down, or every one tried).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NoUpstream;
-
-impl fmt::Display for NoUpstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("no upstream available")
-    }
-}
-
-impl std::error::Error for NoUpstream {}
-
-/// An inner service's error, with the upstream whose service returned it.
-#[derive(Debug)]
-pub struct UpstreamError {
-    /// The upstream that failed.
-    pub upstream: Arc<Upstream>,
-    /// The inner service's error.
-    pub source: BoxError,
-}
-
-impl fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "upstream {}: {}", self.upstream.name(), self.source)
-    }
-}
-
-impl std::error::Error for UpstreamError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.source)
     }
 }

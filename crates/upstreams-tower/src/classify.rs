@@ -63,6 +63,6 @@ impl<B> Classify<http::Response<B>> for HttpStatus {
     fn stamp(&self, response: &mut http::Response<B>, upstream: &Arc<Upstream>) {
         response
             .extensions_mut()
-            .insert(crate::retry::Served(Arc::clone(upstream)));
+            .insert(crate::route::Served(Arc::clone(upstream)));
     }
 }

@@ -46,14 +46,16 @@
 mod balance;
 mod classify;
 mod discover;
+mod error;
 mod retry;
+mod route;
 
-pub use balance::{Balance, NoUpstream, ResponseFuture, UpstreamError};
+pub use balance::{Balance, ResponseFuture};
 pub use classify::{Classify, ErrorsFail, HttpStatus, Verdict};
 pub use discover::{discover, from_tower};
-pub use retry::{
-    Attempts, HeaderKey, HttpRoute, NoKey, RetryPolicy, RetrySafe, Route, Served, ServedBy,
-};
+pub use error::{NoUpstream, UpstreamError};
+pub use retry::{RetryPolicy, RetrySafe};
+pub use route::{Attempts, HeaderKey, HttpRoute, NoKey, Route, Served, ServedBy};
 
 /// Errors of this crate's services: boxed, as tower's middleware expects.
 pub use tower::BoxError;

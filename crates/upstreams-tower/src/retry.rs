@@ -1,83 +1,15 @@
-//! What a request tells the balance, and retries that never repeat an upstream.
+//! Retries that never repeat an upstream.
 
 use std::future::Ready;
 use std::sync::Arc;
 
-use http::header::HeaderName;
 use tower::retry::Policy;
 use tower::BoxError;
 use upstreams::{Upstream, UpstreamList};
 
-use crate::balance::UpstreamError;
 use crate::classify::{Classify, HttpStatus, Verdict};
-
-/// What [`Balance`](crate::Balance) reads from a request: the key a hashed rotation hashes,
-/// and the upstreams this request already tried (kept out of its pick).
-pub trait Route<Req> {
-    /// The request's hash key; empty for none (non-hashed rotations ignore it).
-    fn key<'a>(&self, _req: &'a Req) -> &'a [u8] {
-        &[]
-    }
-
-    /// The upstreams this request has tried, the latest last.
-    fn tried<'a>(&self, _req: &'a Req) -> &'a [Arc<Upstream>] {
-        &[]
-    }
-}
-
-/// No key, no attempts: for any request type.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoKey;
-
-impl<Req> Route<Req> for NoKey {}
-
-/// A key computed by a function of the request (`fn(&Req) -> &[u8]`).
-impl<Req> Route<Req> for fn(&Req) -> &[u8] {
-    fn key<'a>(&self, req: &'a Req) -> &'a [u8] {
-        self(req)
-    }
-}
-
-/// HTTP requests without a key: reads the [`Attempts`] a [`RetryPolicy`] records.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HttpRoute;
-
-impl<B> Route<http::Request<B>> for HttpRoute {
-    fn tried<'a>(&self, req: &'a http::Request<B>) -> &'a [Arc<Upstream>] {
-        attempts_of(req)
-    }
-}
-
-/// HTTP requests keyed by a header's value (no header: no key), with the [`Attempts`] a
-/// [`RetryPolicy`] records.
-#[derive(Debug, Clone)]
-pub struct HeaderKey(pub HeaderName);
-
-impl<B> Route<http::Request<B>> for HeaderKey {
-    fn key<'a>(&self, req: &'a http::Request<B>) -> &'a [u8] {
-        req.headers().get(&self.0).map_or(&[], |v| v.as_bytes())
-    }
-
-    fn tried<'a>(&self, req: &'a http::Request<B>) -> &'a [Arc<Upstream>] {
-        attempts_of(req)
-    }
-}
-
-fn attempts_of<B>(req: &http::Request<B>) -> &[Arc<Upstream>] {
-    req.extensions()
-        .get::<Attempts>()
-        .map_or(&[], |a| a.0.as_slice())
-}
-
-/// The upstreams a request was sent to, in order: a request extension kept by
-/// [`RetryPolicy`] and read by [`HttpRoute`] / [`HeaderKey`].
-#[derive(Debug, Clone, Default)]
-pub struct Attempts(pub Vec<Arc<Upstream>>);
-
-/// The upstream that served a response: a response extension added by
-/// [`HttpStatus`](crate::HttpStatus) (and by any [`Classify::stamp`] that wants it).
-#[derive(Debug, Clone)]
-pub struct Served(pub Arc<Upstream>);
+use crate::error::UpstreamError;
+use crate::route::{Attempts, ServedBy};
 
 /// A request extension saying that the request may be sent again although its method is
 /// not idempotent (the application knows it is safe, e.g. a POST with an idempotency key).
@@ -187,17 +119,5 @@ where
         *copy.headers_mut() = req.headers().clone();
         *copy.extensions_mut() = req.extensions().clone();
         Some(copy)
-    }
-}
-
-/// A response that can tell which upstream served it (see [`Served`]).
-pub trait ServedBy {
-    /// The upstream, when the response was stamped with it.
-    fn served_by(&self) -> Option<&Arc<Upstream>>;
-}
-
-impl<B> ServedBy for http::Response<B> {
-    fn served_by(&self) -> Option<&Arc<Upstream>> {
-        self.extensions().get::<Served>().map(|s| &s.0)
     }
 }

@@ -26,6 +26,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::Notify;
 
+use super::stats::PAGE;
 use super::Proxy;
 
 /// Admin connections served at once; beyond it the longest idle one gives way.
@@ -34,9 +35,6 @@ pub(crate) const MAX_CONNECTIONS: usize = 64;
 pub(crate) const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest life of one admin connection.
 pub(crate) const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
-/// Upstreams per listener in one page of `/status.json` and `/status`, and the list size
-/// above which `/metrics` leaves out per-upstream series.
-pub(crate) const PAGE: usize = 1000;
 
 /// One open admin connection, as the eviction sees it.
 struct Conn {

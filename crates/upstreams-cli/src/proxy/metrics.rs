@@ -15,9 +15,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::admin::PAGE;
 use super::forward::Listener;
-use super::stats::{Stats, UpStats, BUCKETS};
+use super::stats::{Stats, UpStats, BUCKETS, PAGE};
 use super::Proxy;
 
 type Labels = Vec<(&'static str, String)>;

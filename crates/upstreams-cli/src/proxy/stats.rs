@@ -5,6 +5,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
+/// Upstreams per listener in one page of `/status.json` and `/status`, and the list size
+/// above which `/metrics` leaves out per-upstream series: no page grows with a list beyond it.
+pub(crate) const PAGE: usize = 1000;
+
 /// Upper bounds (seconds) of the connect-latency histogram buckets.
 pub(crate) const BUCKETS: [f64; 11] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0,
