@@ -32,13 +32,82 @@ pub(crate) struct Tally {
     pub(crate) to_client: u64,
     /// Bytes from the client to the upstream that served (replays included).
     pub(crate) to_upstream: u64,
-    /// `ok`, `retried` (ok after a retry), `refused` (no upstream could take it), `failed`
-    /// (the backend failed after the client's bytes reached it), `timeout` (no answer in
-    /// time), `reset` (the backend reset after answering), `idle` (idle timeout),
-    /// `client-gone` (also a client that closed while queued: nothing was forwarded),
-    /// `no-descriptors`, `bad-proxy-header` (`accept_proxy`), `queue-timeout`
-    /// (every upstream at `max_conns` for `queue_timeout`).
-    pub(crate) outcome: &'static str,
+    /// How the session ended.
+    pub(crate) outcome: Outcome,
+}
+
+/// How a session ended: one value per line of the access log (`outcome=`), and one series
+/// per value of `upstreams_listener_sessions_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Outcome {
+    /// Served (the first upstream tried).
+    #[default]
+    Ok,
+    /// Served after a retry.
+    Retried,
+    /// No upstream could take it.
+    Refused,
+    /// The backend failed after the client's bytes reached it (not retried).
+    Failed,
+    /// No answer within `answer_timeout` (not retried).
+    Timeout,
+    /// The backend reset after answering.
+    Reset,
+    /// Neither side sent a byte for `idle_timeout`.
+    Idle,
+    /// The client went away (also one that closed while queued: nothing was forwarded).
+    ClientGone,
+    /// The proxy was out of descriptors.
+    NoDescriptors,
+    /// A missing, late or malformed PROXY protocol header (`accept_proxy`).
+    BadProxyHeader,
+    /// Every upstream at `max_conns` for `queue_timeout`.
+    QueueTimeout,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of [`Outcome::index`].
+    pub(crate) const ALL: [Self; 11] = [
+        Self::Ok,
+        Self::Retried,
+        Self::Refused,
+        Self::Failed,
+        Self::Timeout,
+        Self::Reset,
+        Self::Idle,
+        Self::ClientGone,
+        Self::NoDescriptors,
+        Self::BadProxyHeader,
+        Self::QueueTimeout,
+    ];
+
+    /// The name logs and metrics use.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Retried => "retried",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Idle => "idle",
+            Self::ClientGone => "client-gone",
+            Self::NoDescriptors => "no-descriptors",
+            Self::BadProxyHeader => "bad-proxy-header",
+            Self::QueueTimeout => "queue-timeout",
+        }
+    }
+
+    /// Its place in [`Outcome::ALL`].
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The process's access log, when one is configured (set once at start).
@@ -112,7 +181,7 @@ impl AccessLog {
                     "bytes_to_client": tally.to_client,
                     "bytes_to_upstream": tally.to_upstream,
                     "duration": took.as_secs_f64(),
-                    "outcome": tally.outcome,
+                    "outcome": tally.outcome.name(),
                 });
                 let _ = writeln!(line, "{value}");
             }

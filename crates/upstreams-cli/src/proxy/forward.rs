@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use upstreams::{Event, Events, FailKind, Host, Upstream, UpstreamList};
 use upstreams_check::Checker;
 
-use super::access::Tally;
+use super::access::{Outcome, Tally};
 use super::config::Settings;
 use super::net::{self, Acceptor, Backend, Client, ListenAddr, Target};
 use super::proxy_protocol;
@@ -286,6 +286,7 @@ impl Listener {
                     tokio::spawn(async move {
                         let started = Instant::now();
                         let (tally, peer) = me.serve(client, peer).await;
+                        me.stats.record(tally.outcome);
                         me.stats.connections.fetch_sub(1, Ordering::Relaxed);
                         // Wake a queued client (`max_conns`) and a paused accept loop
                         // (`max_connections`); a permit is kept when nobody waits.
@@ -410,7 +411,7 @@ impl Listener {
                     self.stats.proxy_rejected.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(listener = %self.listen, client = %PeerName(peer), %err, "client closed; nothing forwarded");
                     let tally = Tally {
-                        outcome: "bad-proxy-header",
+                        outcome: Outcome::BadProxyHeader,
                         ..Tally::default()
                     };
                     return (tally, peer);
@@ -434,7 +435,7 @@ impl Listener {
         let tally = self
             .forward(&mut client, peer, &early, header.as_deref())
             .await;
-        if matches!(tally.outcome, "refused" | "queue-timeout") {
+        if matches!(tally.outcome, Outcome::Refused | Outcome::QueueTimeout) {
             // What the client sent and nobody read would turn the close into a reset.
             net::drain_readable(&mut client);
         }
@@ -507,13 +508,13 @@ impl Listener {
                                 Err(Unqueued::Timeout) => {
                                     self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
                                     tracing::debug!(%peer, "every upstream at max_conns for queue_timeout; closing");
-                                    tally.outcome = "queue-timeout";
+                                    tally.outcome = Outcome::QueueTimeout;
                                     return tally;
                                 }
                                 Err(Unqueued::ClientGone) => {
                                     self.stats.queue_abandoned.fetch_add(1, Ordering::Relaxed);
                                     tracing::debug!(%peer, "client gone while queued; nothing forwarded");
-                                    tally.outcome = "client-gone";
+                                    tally.outcome = Outcome::ClientGone;
                                     return tally;
                                 }
                             }
@@ -553,7 +554,7 @@ impl Listener {
                             }
                             picked.release();
                             self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                            tally.outcome = "no-descriptors";
+                            tally.outcome = Outcome::NoDescriptors;
                             return tally;
                         }
                         Ok(Err(err)) => Err(err.to_string()),
@@ -632,16 +633,16 @@ impl Listener {
                     tally.to_upstream += up;
                     tally.to_client += down;
                     tally.outcome = match end {
-                        End::Done | End::ClientFailed if retried => "retried",
-                        End::Done | End::ClientFailed => "ok",
-                        End::Idle => "idle",
-                        End::BackendFailed => "reset",
+                        End::Done | End::ClientFailed if retried => Outcome::Retried,
+                        End::Done | End::ClientFailed => Outcome::Ok,
+                        End::Idle => Outcome::Idle,
+                        End::BackendFailed => Outcome::Reset,
                     };
                     return tally;
                 }
                 First::ClientGone => {
                     tally.to_upstream = sent.len() as u64;
-                    tally.outcome = "client-gone";
+                    tally.outcome = Outcome::ClientGone;
                     return tally;
                 }
                 First::Idle => {
@@ -650,7 +651,7 @@ impl Listener {
                     tracing::debug!(%peer, upstream = picked.name(), "idle before any answer; closing");
                     picked.release();
                     tally.to_upstream = sent.len() as u64;
-                    tally.outcome = "idle";
+                    tally.outcome = Outcome::Idle;
                     return tally;
                 }
                 First::BackendClosed => (
@@ -679,16 +680,16 @@ impl Listener {
                 tracing::debug!(%peer, reason, "backend failed after the client's bytes reached it; closing (not retried)");
                 tally.to_upstream = sent.len() as u64;
                 tally.outcome = if matches!(first, First::NoAnswer) {
-                    "timeout"
+                    Outcome::Timeout
                 } else {
-                    "failed"
+                    Outcome::Failed
                 };
                 return tally;
             }
         }
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, "no upstream could take the client; closing");
-        tally.outcome = "refused";
+        tally.outcome = Outcome::Refused;
         tally
     }
 }

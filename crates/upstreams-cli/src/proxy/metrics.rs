@@ -357,6 +357,21 @@ fn listener_families(
         "Times the listener stopped accepting at max_connections.",
         &|s| load(&s.accept_paused),
     )?;
+    counters(
+        enc,
+        "upstreams_listener_sessions",
+        "Sessions ended, by outcome (the access log's outcome).",
+        None,
+        listeners.iter().flat_map(|l| {
+            l.stats.outcomes().map(|(outcome, n)| {
+                let labels = vec![
+                    ("listener", l.bound.to_string()),
+                    ("outcome", outcome.name().to_owned()),
+                ];
+                (labels, n)
+            })
+        }),
+    )?;
     gauges(
         enc,
         "upstreams_listener_waiting",

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
+use super::access::Outcome;
+
 /// Upstreams per listener in one page of `/status.json` and `/status`, and the list size
 /// above which `/metrics` leaves out per-upstream series: no page grows with a list beyond it.
 pub(crate) const PAGE: usize = 1000;
@@ -95,9 +97,23 @@ pub(crate) struct Stats {
     pub(crate) connections: AtomicI64,
     /// Times the listener stopped accepting at `max_connections`.
     pub(crate) accept_paused: AtomicU64,
+    /// Sessions ended, by [`Outcome::index`].
+    outcomes: [AtomicU64; Outcome::ALL.len()],
 }
 
 impl Stats {
+    /// Counts one ended session.
+    pub(crate) fn record(&self, outcome: Outcome) {
+        self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sessions ended with each outcome.
+    pub(crate) fn outcomes(&self) -> impl Iterator<Item = (Outcome, u64)> + '_ {
+        Outcome::ALL
+            .into_iter()
+            .map(|o| (o, self.outcomes[o.index()].load(Ordering::Relaxed)))
+    }
+
     /// Keeps the figures of the names `keep` says yes to.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
         self.per
