@@ -305,11 +305,6 @@ async fn a_queued_client_that_gave_up_is_not_forwarded() {
     assert_eq!(last.await.unwrap(), "ok\n");
     assert_eq!(*seen.lock().unwrap(), ["0", "6"]);
     assert_eq!(listener_figure(admin, "queue_abandoned").await, 5);
-    let metrics = admin_get(admin, "/metrics").await;
-    let line = format!(
-        "upstreams_listener_sessions_total{{listener=\"{listen}\",outcome=\"client-gone\"}} 5"
-    );
-    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     wait_until(
         "five client-gone lines",
         Duration::from_secs(5),
@@ -319,6 +314,11 @@ async fn a_queued_client_that_gave_up_is_not_forwarded() {
         },
     )
     .await;
+    let metrics = admin_get(admin, "/metrics").await;
+    let line = format!(
+        "upstreams_listener_sessions_total{{listener=\"{listen}\",outcome=\"client-gone\"}} 5"
+    );
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
