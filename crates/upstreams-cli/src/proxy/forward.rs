@@ -11,7 +11,7 @@ use upstreams::{Event, Events, FailKind, Host, Upstream, UpstreamList};
 use upstreams_check::Checker;
 
 use super::access::{Outcome, Tally};
-use super::config::Settings;
+use super::config::{RetryPolicy, Settings};
 use super::net::{self, Acceptor, Backend, Client, ListenAddr, Target};
 use super::proxy_protocol;
 use super::ratelog::RateLimited;
@@ -447,6 +447,10 @@ impl Listener {
     /// closed first); with `retry_on` opted in, also when the backend closes or stays silent
     /// after reading the client's bytes, which are then replayed. Then copy both ways.
     ///
+    /// The steps, each a function of its own: [`Listener::first_pick`] (the `max_conns`
+    /// queue), [`Listener::retry_pick`], [`Listener::connect`], [`first_answer`], the rule
+    /// [`after_failure`], [`Listener::relay_session`].
+    ///
     /// `early`: client bytes read with its PROXY protocol header, forwarded first; `header`:
     /// the PROXY protocol header each backend connection starts with.
     async fn forward(
@@ -481,45 +485,18 @@ impl Listener {
         let mut client_done = false;
         // Upstreams this client already failed on: a retry goes elsewhere while it can.
         let mut tried: Vec<Arc<Upstream>> = Vec::new();
-        let policy = settings.retry_on;
-        let fail = |picked: upstreams::Picked, reason: &str| {
-            tracing::debug!(%peer, upstream = picked.name(), reason, "upstream failed");
-            let up = Arc::clone(picked.upstream());
-            picked.fail(FailKind::Address, reason);
-            up
-        };
         for _attempt in 0..=settings.retries {
             let picked = match &previous {
                 None => {
-                    // Behind those already waiting, as a queue is.
-                    let first = if self.queue.is_empty() {
-                        self.list.get(settings.rotation, key)
-                    } else {
-                        None
-                    };
+                    let first = self
+                        .first_pick(&settings, key, client, sent, &mut client_done, peer)
+                        .await;
                     match first {
-                        None if settings.max_conns != 0 && self.list.alive_count() > 0 => {
-                            match self
-                                .wait_in_queue(&settings, key, client, sent, &mut client_done)
-                                .await
-                            {
-                                Ok(picked) => Some(picked),
-                                Err(Unqueued::NoUpstream) => None,
-                                Err(Unqueued::Timeout) => {
-                                    self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
-                                    tracing::debug!(%peer, "every upstream at max_conns for queue_timeout; closing");
-                                    tally.outcome = Outcome::QueueTimeout;
-                                    return tally;
-                                }
-                                Err(Unqueued::ClientGone) => {
-                                    self.stats.queue_abandoned.fetch_add(1, Ordering::Relaxed);
-                                    tracing::debug!(%peer, "client gone while queued; nothing forwarded");
-                                    tally.outcome = Outcome::ClientGone;
-                                    return tally;
-                                }
-                            }
+                        Ok(picked) => picked,
+                        Err(outcome) => {
+                            tally.outcome = outcome;
+                            return tally;
                         }
-                        picked => picked,
                     }
                 }
                 Some(prev) => {
@@ -533,55 +510,22 @@ impl Listener {
             tally.upstream = Some(Arc::clone(picked.upstream()));
             let figures = self.stats.upstream(picked.name());
             figures.picks.fetch_add(1, Ordering::Relaxed);
-            // A failure before any byte of the client reached this backend: retried when
-            // `connect` is in `retry_on` (nothing can be duplicated).
-            let target = match picked.upstream().entry().host() {
-                Host::Unix(path) => Some(Target::Unix(path)),
-                _ => picked.next_addr().map(Target::Tcp),
-            };
             let started = Instant::now();
-            let connected = match target {
-                None => Err("no address".to_owned()),
-                Some(target) => {
-                    match tokio::time::timeout(settings.connect_timeout, net::connect(target)).await
-                    {
-                        Ok(Ok(stream)) => Ok(stream),
-                        Ok(Err(err)) if is_local_exhaustion(&err) => {
-                            // Out of descriptors here: no backend is to blame, and no retry
-                            // can help before some session ends.
-                            if let Some(held) = self.exhausted_log.allow() {
-                                tracing::warn!(%peer, %err, clients_not_logged = held, "cannot open a backend connection");
-                            }
-                            picked.release();
-                            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                            tally.outcome = Outcome::NoDescriptors;
-                            return tally;
-                        }
-                        Ok(Err(err)) => Err(err.to_string()),
-                        Err(_) => Err("connect timeout".to_owned()),
-                    }
+            let mut backend = match self.connect(&picked, &settings, header, peer).await {
+                Connected::Yes(stream) => stream,
+                Connected::NoDescriptors => {
+                    picked.release();
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    tally.outcome = Outcome::NoDescriptors;
+                    return tally;
                 }
-            };
-            let connected = match (connected, header) {
-                (Ok(mut stream), Some(header)) => {
-                    use tokio::io::AsyncWriteExt;
-                    // Ahead of any client byte: a refusal here is still a connect failure.
-                    match stream.write_all(header).await {
-                        Ok(()) => Ok(stream),
-                        Err(err) => Err(format!("PROXY protocol header not taken: {err}")),
-                    }
-                }
-                (connected, _) => connected,
-            };
-            let mut backend = match connected {
-                Ok(stream) => stream,
-                Err(reason) => {
+                Connected::No(reason) => {
                     figures.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    previous = Some(fail(picked, &reason));
-                    if !policy.connect {
-                        break;
+                    previous = Some(fail(picked, &reason, peer));
+                    match after_failure(Before::Connect, false, settings.retry_on) {
+                        Next::Retry => continue,
+                        Next::Close(_) => break,
                     }
-                    continue;
                 }
             };
             let connect_time = started.elapsed();
@@ -600,10 +544,8 @@ impl Listener {
                 &figures,
             )
             .await;
-            // Whether any byte of the client was handed to this backend: from then on only
-            // an opted-in `retry_on` may move the session (its bytes would be replayed).
-            let reached = !sent.is_empty();
-            let (reason, may_retry) = match first {
+            tally.to_upstream = sent.len() as u64;
+            let failure = match first {
                 First::Answered(wait, first) => {
                     // p2c's latency: connect plus the wait for the first answer byte after the
                     // client's latest bytes (not the time a client took to speak).
@@ -616,7 +558,6 @@ impl Listener {
                         picked.upstream().record_success();
                     }
                     tally.to_client = first;
-                    tally.to_upstream = sent.len() as u64;
                     let retried = tally.tries > 1;
                     let (end, up, down) = self
                         .relay_session(
@@ -641,7 +582,6 @@ impl Listener {
                     return tally;
                 }
                 First::ClientGone => {
-                    tally.to_upstream = sent.len() as u64;
                     tally.outcome = Outcome::ClientGone;
                     return tally;
                 }
@@ -650,40 +590,23 @@ impl Listener {
                     self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, upstream = picked.name(), "idle before any answer; closing");
                     picked.release();
-                    tally.to_upstream = sent.len() as u64;
                     tally.outcome = Outcome::Idle;
                     return tally;
                 }
-                First::BackendClosed => (
-                    "closed before answering",
-                    if reached {
-                        policy.closed_before_answer
-                    } else {
-                        policy.connect
-                    },
-                ),
-                First::NoAnswer => (
-                    "no answer in time",
-                    if reached {
-                        policy.answer_timeout
-                    } else {
-                        policy.connect
-                    },
-                ),
+                First::BackendClosed => Before::Closed,
+                First::NoAnswer => Before::Silent,
             };
             figures.session_failures.fetch_add(1, Ordering::Relaxed);
-            previous = Some(fail(picked, reason));
-            if !may_retry {
+            previous = Some(fail(picked, failure.reason(), peer));
+            // Whether any byte of the client was handed to this backend: from then on only
+            // an opted-in `retry_on` may move the session (its bytes would be replayed).
+            let reached = !sent.is_empty();
+            if let Next::Close(outcome) = after_failure(failure, reached, settings.retry_on) {
                 // The backend may have acted on the client's bytes: sending them to another
                 // one could do it twice. The client is closed; `retry_on` opts in.
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, reason, "backend failed after the client's bytes reached it; closing (not retried)");
-                tally.to_upstream = sent.len() as u64;
-                tally.outcome = if matches!(first, First::NoAnswer) {
-                    Outcome::Timeout
-                } else {
-                    Outcome::Failed
-                };
+                tracing::debug!(%peer, reason = failure.reason(), "backend failed after the client's bytes reached it; closing (not retried)");
+                tally.outcome = outcome;
                 return tally;
             }
         }
@@ -691,6 +614,154 @@ impl Listener {
         tracing::debug!(%peer, "no upstream could take the client; closing");
         tally.outcome = Outcome::Refused;
         tally
+    }
+
+    /// The first pick of a client: at once when an upstream is free and nobody waits, else
+    /// (under `max_conns`) its turn in the queue. `Ok(None)`: nothing is selectable;
+    /// `Err`: the client was closed while queued (out of time, or gone).
+    async fn first_pick(
+        &self,
+        settings: &Settings,
+        key: &[u8],
+        client: &mut Client,
+        sent: &mut Vec<u8>,
+        client_done: &mut bool,
+        peer: PeerName,
+    ) -> Result<Option<upstreams::Picked>, Outcome> {
+        // Behind those already waiting, as a queue is.
+        let now = if self.queue.is_empty() {
+            self.list.get(settings.rotation, key)
+        } else {
+            None
+        };
+        if now.is_some() || settings.max_conns == 0 || self.list.alive_count() == 0 {
+            return Ok(now);
+        }
+        match self
+            .wait_in_queue(settings, key, client, sent, client_done)
+            .await
+        {
+            Ok(picked) => Ok(Some(picked)),
+            Err(Unqueued::NoUpstream) => Ok(None),
+            Err(Unqueued::Timeout) => {
+                self.stats.queue_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "every upstream at max_conns for queue_timeout; closing");
+                Err(Outcome::QueueTimeout)
+            }
+            Err(Unqueued::ClientGone) => {
+                self.stats.queue_abandoned.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "client gone while queued; nothing forwarded");
+                Err(Outcome::ClientGone)
+            }
+        }
+    }
+
+    /// A connection to `picked` within `connect_timeout`, its PROXY protocol `header` (if
+    /// any) written ahead of any client byte: a refusal of the header is still a connect
+    /// failure, retried where `connect` is.
+    async fn connect(
+        &self,
+        picked: &upstreams::Picked,
+        settings: &Settings,
+        header: Option<&[u8]>,
+        peer: PeerName,
+    ) -> Connected {
+        use tokio::io::AsyncWriteExt;
+        let target = match picked.upstream().entry().host() {
+            Host::Unix(path) => Some(Target::Unix(path)),
+            _ => picked.next_addr().map(Target::Tcp),
+        };
+        let Some(target) = target else {
+            return Connected::No("no address".to_owned());
+        };
+        let mut stream = match tokio::time::timeout(settings.connect_timeout, net::connect(target))
+            .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) if is_local_exhaustion(&err) => {
+                // Out of descriptors here: no backend is to blame, and no retry can help
+                // before some session ends.
+                if let Some(held) = self.exhausted_log.allow() {
+                    tracing::warn!(%peer, %err, clients_not_logged = held, "cannot open a backend connection");
+                }
+                return Connected::NoDescriptors;
+            }
+            Ok(Err(err)) => return Connected::No(err.to_string()),
+            Err(_) => return Connected::No("connect timeout".to_owned()),
+        };
+        if let Some(header) = header {
+            if let Err(err) = stream.write_all(header).await {
+                return Connected::No(format!("PROXY protocol header not taken: {err}"));
+            }
+        }
+        Connected::Yes(stream)
+    }
+}
+
+/// Ends a failed pick as an address failure (logged), keeping its upstream for the retry.
+fn fail(picked: upstreams::Picked, reason: &str, peer: PeerName) -> Arc<Upstream> {
+    tracing::debug!(%peer, upstream = picked.name(), reason, "upstream failed");
+    let up = Arc::clone(picked.upstream());
+    picked.fail(FailKind::Address, reason);
+    up
+}
+
+/// How a connect to a backend went.
+enum Connected {
+    Yes(Backend),
+    /// Failed (the reason): the backend's fault.
+    No(String),
+    /// This process is out of descriptors: nobody's fault but ours.
+    NoDescriptors,
+}
+
+/// How a backend failed before its first answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Before {
+    /// The connect (or the PROXY header) failed: nothing of the client reached it.
+    Connect,
+    /// It closed (or reset) before sending a byte.
+    Closed,
+    /// It let `answer_timeout` pass after the client's latest bytes.
+    Silent,
+}
+
+impl Before {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Connect => "connect failed",
+            Self::Closed => "closed before answering",
+            Self::Silent => "no answer in time",
+        }
+    }
+}
+
+/// What becomes of a session after a failure before the first answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Try another upstream (with the client's bytes replayed, if any).
+    Retry,
+    /// Close the client with this outcome.
+    Close(Outcome),
+}
+
+/// The retry rule, alone: a failure is retried when nothing of the client reached the
+/// backend and `connect` is in `retry_on` (nothing can be duplicated), or, once bytes did
+/// reach it, only when `retry_on` opts in for that failure (`closed-before-answer`,
+/// `answer-timeout`): the backend may have acted on them. Whether another upstream is left
+/// is the caller's to find out.
+pub(crate) fn after_failure(failure: Before, reached: bool, policy: RetryPolicy) -> Next {
+    let (allowed, outcome) = match failure {
+        Before::Connect => (policy.connect, Outcome::Refused),
+        Before::Closed if reached => (policy.closed_before_answer, Outcome::Failed),
+        Before::Silent if reached => (policy.answer_timeout, Outcome::Timeout),
+        Before::Closed => (policy.connect, Outcome::Failed),
+        Before::Silent => (policy.connect, Outcome::Timeout),
+    };
+    if allowed {
+        Next::Retry
+    } else {
+        Next::Close(outcome)
     }
 }
 
@@ -822,6 +893,12 @@ struct Timers {
     idle: Duration,
 }
 
+/// Now on tokio's clock (the real one, unless a test paused it), as a std `Instant`: the
+/// first answer's timers and the latency they report then agree with the runtime's timers.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Sends what the client said so far, then relays client bytes (keeping them for a replay)
 /// until the backend sends its first bytes, which go to the client.
 async fn first_answer<C, B>(
@@ -853,7 +930,7 @@ where
     // backend's first bytes into `answer`; nothing is zeroed, and the session's future stays
     // small (no buffers inside it for the task to allocate and move).
     answer.clear();
-    let start = Instant::now();
+    let start = now();
     let mut idle_from = start;
     // The answer clock runs from the client's latest bytes (the replay counts), so a client
     // that says nothing never makes a healthy backend look dead; that is the idle timer's.
@@ -864,7 +941,10 @@ where
     loop {
         if sent.len() >= REPLAY_LIMIT {
             // Too much to keep for a replay: commit to this backend.
-            return First::Answered(answer_from.unwrap_or(start).elapsed(), 0);
+            return First::Answered(
+                now().saturating_duration_since(answer_from.unwrap_or(start)),
+                0,
+            );
         }
         let idle_at = later(idle_from, timers.idle);
         let answer_at = timers
@@ -891,7 +971,7 @@ where
                 Ok(0) | Err(_) if *client_done => return First::ClientGone,
                 Ok(0) | Err(_) => return First::BackendClosed,
                 Ok(n) => {
-                    let waited = answer_from.unwrap_or(start).elapsed();
+                    let waited = now().saturating_duration_since(answer_from.unwrap_or(start));
                     figures.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     return match client.write_all(&answer[..n]).await {
                         Ok(()) => First::Answered(waited, n as u64),
@@ -905,7 +985,7 @@ where
                     if backend.shutdown().await.is_err() {
                         return First::BackendClosed;
                     }
-                    answer_from.get_or_insert_with(Instant::now);
+                    answer_from.get_or_insert_with(now);
                 }
                 Err(_) => return First::ClientGone,
                 Ok(n) => {
@@ -913,7 +993,7 @@ where
                         return First::BackendClosed;
                     }
                     figures.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    idle_from = Instant::now();
+                    idle_from = now();
                     answer_from = Some(idle_from);
                 }
             },
@@ -923,8 +1003,135 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::ip_text;
+    use super::{after_failure, first_answer, ip_text, Before, First, Next, Timers};
+    use super::{Outcome, RetryPolicy, UpStats, REPLAY_LIMIT};
     use std::net::IpAddr;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_failure_is_retried_only_where_nothing_can_be_duplicated_or_the_policy_opts_in() {
+        let connect_only = RetryPolicy {
+            connect: true,
+            ..RetryPolicy::default()
+        };
+        let all = RetryPolicy {
+            connect: true,
+            closed_before_answer: true,
+            answer_timeout: true,
+        };
+        let none = RetryPolicy::default();
+        // Nothing reached the backend: `connect` decides, whatever happened.
+        for failure in [Before::Connect, Before::Closed, Before::Silent] {
+            assert_eq!(after_failure(failure, false, connect_only), Next::Retry);
+        }
+        assert_eq!(
+            after_failure(Before::Connect, false, none),
+            Next::Close(Outcome::Refused)
+        );
+        // The client's bytes reached it: only an opt-in retries (a replay could duplicate).
+        assert_eq!(
+            after_failure(Before::Closed, true, connect_only),
+            Next::Close(Outcome::Failed)
+        );
+        assert_eq!(
+            after_failure(Before::Silent, true, connect_only),
+            Next::Close(Outcome::Timeout)
+        );
+        assert_eq!(after_failure(Before::Closed, true, all), Next::Retry);
+        assert_eq!(after_failure(Before::Silent, true, all), Next::Retry);
+        let answer_only = RetryPolicy {
+            answer_timeout: true,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            after_failure(Before::Closed, true, answer_only),
+            Next::Close(Outcome::Failed)
+        );
+    }
+
+    /// `first_answer` over in-memory pipes on tokio's paused clock: which timer fires.
+    async fn wait_for_first(
+        client_says: &[u8],
+        timers: Timers,
+        backend_answers_after: Option<Duration>,
+    ) -> (First, Vec<u8>) {
+        let (mut client, mut client_end) = tokio::io::duplex(1 << 20);
+        let (mut backend, mut backend_end) = tokio::io::duplex(1 << 20);
+        client_end.write_all(client_says).await.unwrap();
+        if let Some(after) = backend_answers_after {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = backend_end.write_all(b"answer").await;
+                // Keep reading so the proxy's writes never block.
+                let mut sink = Vec::new();
+                let _ = backend_end.read_to_end(&mut sink).await;
+            });
+        } else {
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = backend_end.read_to_end(&mut sink).await;
+            });
+        }
+        let (mut sent, mut answer, mut done) = (Vec::new(), Vec::new(), false);
+        let figures = UpStats::default();
+        let first = first_answer(
+            &mut client,
+            &mut backend,
+            &mut sent,
+            &mut answer,
+            &mut done,
+            timers,
+            &figures,
+        )
+        .await;
+        drop(client_end);
+        (first, sent)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_answer_timer_runs_from_the_clients_bytes_and_idle_from_silence() {
+        let timers = Timers {
+            answer: Some(Duration::from_secs(1)),
+            idle: Duration::from_secs(10),
+        };
+        // The client spoke, the backend did not: the answer timeout.
+        let (first, sent) = wait_for_first(b"request", timers, None).await;
+        assert!(
+            matches!(first, First::NoAnswer),
+            "{:?}",
+            std::mem::discriminant(&first)
+        );
+        assert_eq!(sent, b"request");
+        // Nobody spoke: not the backend's fault, the idle timer ends it.
+        let (first, _) = wait_for_first(b"", timers, None).await;
+        assert!(matches!(first, First::Idle));
+        // An answer within the timeout is an answer, with the wait measured.
+        let (first, _) = wait_for_first(b"request", timers, Some(Duration::from_millis(300))).await;
+        match first {
+            First::Answered(waited, n) => {
+                assert_eq!(n, 6);
+                assert!(waited >= Duration::from_millis(300), "{waited:?}");
+            }
+            First::NoAnswer => panic!("no answer in time"),
+            First::Idle => panic!("idle"),
+            First::BackendClosed => panic!("backend closed"),
+            First::ClientGone => panic!("client gone"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_replay_limit_a_session_commits_to_its_backend() {
+        let timers = Timers {
+            answer: Some(Duration::from_secs(1)),
+            idle: Duration::from_secs(10),
+        };
+        let big = vec![b'x'; REPLAY_LIMIT + 1];
+        let (first, sent) = wait_for_first(&big, timers, None).await;
+        // Committed, not failed: too much was kept to replay elsewhere.
+        assert!(matches!(first, First::Answered(_, 0)));
+        assert!(sent.len() >= REPLAY_LIMIT);
+    }
 
     #[test]
     fn ip_text_is_the_display_form() {
