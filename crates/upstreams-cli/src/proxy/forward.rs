@@ -462,17 +462,8 @@ impl Listener {
     ) -> Tally {
         let mut tally = Tally::default();
         let settings = self.settings();
-        // nginx's `hash $remote_addr consistent`: the address as text, formatted on the stack,
-        // and only for the one rotation that reads a key.
         let mut key_buf = [0u8; 48];
-        let hashed =
-            self.list.rotation().unwrap_or(settings.rotation) == upstreams::Rotation::Hashed;
-        let key: &[u8] = match peer {
-            Some(peer) if hashed => ip_text(peer.ip(), &mut key_buf),
-            // nginx's $remote_addr of a Unix client.
-            None if hashed => b"unix:",
-            _ => &[],
-        };
+        let key = self.hash_key(&settings, peer, &mut key_buf);
         // For the logs: the client address, or "unix".
         let peer = PeerName(peer);
         let mut previous: Option<Arc<Upstream>> = None;
@@ -558,27 +549,24 @@ impl Listener {
                         picked.upstream().record_success();
                     }
                     tally.to_client = first;
-                    let retried = tally.tries > 1;
+                    let session = Session {
+                        settings: &settings,
+                        figures: &figures,
+                        peer,
+                    };
                     let (end, up, down) = self
                         .relay_session(
                             client,
                             &mut backend,
                             [sent, answer],
                             client_done,
-                            &settings,
                             picked,
-                            &figures,
-                            peer,
+                            session,
                         )
                         .await;
                     tally.to_upstream += up;
                     tally.to_client += down;
-                    tally.outcome = match end {
-                        End::Done | End::ClientFailed if retried => Outcome::Retried,
-                        End::Done | End::ClientFailed => Outcome::Ok,
-                        End::Idle => Outcome::Idle,
-                        End::BackendFailed => Outcome::Reset,
-                    };
+                    tally.outcome = end.outcome(tally.tries > 1);
                     return tally;
                 }
                 First::ClientGone => {
@@ -614,6 +602,24 @@ impl Listener {
         tracing::debug!(%peer, "no upstream could take the client; closing");
         tally.outcome = Outcome::Refused;
         tally
+    }
+
+    /// nginx's `hash $remote_addr consistent`: the client address as text, formatted on the
+    /// stack into `buf`, and only for the one rotation that reads a key (empty otherwise).
+    fn hash_key<'b>(
+        &self,
+        settings: &Settings,
+        peer: Option<SocketAddr>,
+        buf: &'b mut [u8; 48],
+    ) -> &'b [u8] {
+        let hashed =
+            self.list.rotation().unwrap_or(settings.rotation) == upstreams::Rotation::Hashed;
+        match peer {
+            Some(peer) if hashed => ip_text(peer.ip(), buf),
+            // nginx's $remote_addr of a Unix client.
+            None if hashed => b"unix:",
+            _ => &[],
+        }
     }
 
     /// The first pick of a client: at once when an upstream is free and nobody waits, else
@@ -706,6 +712,27 @@ fn fail(picked: upstreams::Picked, reason: &str, peer: PeerName) -> Arc<Upstream
     up
 }
 
+/// What the relay of one session reads besides its sockets.
+#[derive(Clone, Copy)]
+struct Session<'a> {
+    settings: &'a Settings,
+    figures: &'a UpStats,
+    peer: PeerName,
+}
+
+impl End {
+    /// The outcome of a session whose relay ended so (`retried`: after another upstream
+    /// failed it).
+    fn outcome(self, retried: bool) -> Outcome {
+        match self {
+            End::Done | End::ClientFailed if retried => Outcome::Retried,
+            End::Done | End::ClientFailed => Outcome::Ok,
+            End::Idle => Outcome::Idle,
+            End::BackendFailed => Outcome::Reset,
+        }
+    }
+}
+
 /// How a connect to a backend went.
 enum Connected {
     Yes(Backend),
@@ -769,18 +796,20 @@ impl Listener {
     /// The session after the backend's first answer: copy both ways, counting bytes as they
     /// move; a reset or a write refused by the backend fails it (no retry: its bytes already
     /// reached the client).
-    #[allow(clippy::too_many_arguments)]
     async fn relay_session(
         &self,
         client: &mut Client,
         backend: &mut Backend,
         buffers: [&mut Vec<u8>; 2],
         client_done: bool,
-        settings: &Settings,
         picked: upstreams::Picked,
-        figures: &UpStats,
-        peer: PeerName,
+        session: Session<'_>,
     ) -> (End, u64, u64) {
+        let Session {
+            settings,
+            figures,
+            peer,
+        } = session;
         figures.active.fetch_add(1, Ordering::Relaxed);
         let (end, up, down) = relay(
             client,

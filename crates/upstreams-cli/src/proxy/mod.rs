@@ -376,34 +376,7 @@ async fn serve(args: &Args) -> Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => match &args.config {
-                Some(path) => {
-                    notify(&[sd_notify::NotifyState::Reloading]);
-                    let loaded = Config::load(path);
-                    let prepared = match loaded {
-                        Ok(new) => prepare(&proxy, &running, Some(&config), &new)
-                            .await
-                            .map(|plan| (new, plan)),
-                        Err(err) => Err(err),
-                    };
-                    match prepared {
-                        Ok((new, plan)) => {
-                            if new.access_log != config.access_log || new.log_format != config.log_format {
-                                tracing::warn!("access_log and log_format take effect on restart only");
-                            }
-                            apply(&proxy, &mut running, plan);
-                            proxy
-                                .admin_write
-                                .store(new.admin_write, std::sync::atomic::Ordering::Relaxed);
-                            config = new;
-                            tracing::info!("reloaded {}", path.display());
-                        }
-                        Err(err) => tracing::error!(
-                            err = %format!("{err:#}"),
-                            "reload refused; nothing changed, the running configuration stays"
-                        ),
-                    }
-                    notify(&[sd_notify::NotifyState::Ready]);
-                }
+                Some(path) => reload(&proxy, &mut running, &mut config, path).await,
                 None => tracing::info!("SIGHUP: nothing to reload without --config"),
             },
             _ = usr1.recv() => {
@@ -435,6 +408,41 @@ async fn serve(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// SIGHUP with `--config`: loads the file again and puts it into service, all or nothing;
+/// on any error the running configuration stays, and the error is logged.
+async fn reload(
+    proxy: &Arc<Proxy>,
+    running: &mut Running,
+    config: &mut Config,
+    path: &std::path::Path,
+) {
+    notify(&[sd_notify::NotifyState::Reloading]);
+    let prepared = match Config::load(path) {
+        Ok(new) => prepare(proxy, running, Some(config), &new)
+            .await
+            .map(|plan| (new, plan)),
+        Err(err) => Err(err),
+    };
+    match prepared {
+        Ok((new, plan)) => {
+            if new.access_log != config.access_log || new.log_format != config.log_format {
+                tracing::warn!("access_log and log_format take effect on restart only");
+            }
+            apply(proxy, running, plan);
+            proxy
+                .admin_write
+                .store(new.admin_write, std::sync::atomic::Ordering::Relaxed);
+            *config = new;
+            tracing::info!("reloaded {}", path.display());
+        }
+        Err(err) => tracing::error!(
+            err = %format!("{err:#}"),
+            "reload refused; nothing changed, the running configuration stays"
+        ),
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
 }
 
 /// Tells systemd (when it started us with `NOTIFY_SOCKET`) what the proxy is doing.
