@@ -209,6 +209,15 @@ impl Listener {
         shown
     }
 
+    /// Whether some removed upstream has no session left (O(removed ones), no list scan).
+    fn some_draining_unused(&self) -> bool {
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|d| d.inflight() == 0)
+    }
+
     /// Forgets removed upstreams that no session uses any more, and the figures of names
     /// that are neither listed nor used. Runs at each reload and when a session of a
     /// removed upstream ends, so memory follows what is in use, whether or not anyone reads
@@ -291,7 +300,9 @@ impl Listener {
                         // Wake a queued client (`max_conns`) and a paused accept loop
                         // (`max_connections`); a permit is kept when nobody waits.
                         me.queue.wake_first();
-                        if me.draining_len.load(Ordering::Acquire) > 0 {
+                        // The last session of a removed upstream lets it go (a look at
+                        // the short draining list, only while it is not empty).
+                        if me.draining_len.load(Ordering::Acquire) > 0 && me.some_draining_unused() {
                             me.prune_draining();
                         }
                         me.conn_freed.notify_one();
