@@ -26,7 +26,7 @@ pub trait Classify<Res> {
 
     /// Marks a response with the upstream that served it, for a retry policy that must
     /// know it; the default leaves the response alone. [`HttpStatus`] adds a
-    /// [`Served`](crate::retry::Served) extension.
+    /// [`Served`](crate::Served) extension.
     fn stamp(&self, _response: &mut Res, _upstream: &Arc<Upstream>) {}
 }
 

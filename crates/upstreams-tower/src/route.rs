@@ -34,7 +34,7 @@ impl<Req> Route<Req> for fn(&Req) -> &[u8] {
     }
 }
 
-/// HTTP requests without a key: reads the [`Attempts`] a [`RetryPolicy`] records.
+/// HTTP requests without a key: reads the [`Attempts`] a [`RetryPolicy`](crate::RetryPolicy) records.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpRoute;
 
@@ -45,7 +45,7 @@ impl<B> Route<http::Request<B>> for HttpRoute {
 }
 
 /// HTTP requests keyed by a header's value (no header: no key), with the [`Attempts`] a
-/// [`RetryPolicy`] records.
+/// [`RetryPolicy`](crate::RetryPolicy) records.
 #[derive(Debug, Clone)]
 pub struct HeaderKey(pub HeaderName);
 
@@ -66,12 +66,12 @@ fn attempts_of<B>(req: &http::Request<B>) -> &[Arc<Upstream>] {
 }
 
 /// The upstreams a request was sent to, in order: a request extension kept by
-/// [`RetryPolicy`] and read by [`HttpRoute`] / [`HeaderKey`].
+/// [`RetryPolicy`](crate::RetryPolicy) and read by [`HttpRoute`] / [`HeaderKey`].
 #[derive(Debug, Clone, Default)]
 pub struct Attempts(pub Vec<Arc<Upstream>>);
 
 /// The upstream that served a response: a response extension added by
-/// [`HttpStatus`](crate::HttpStatus) (and by any [`Classify::stamp`] that wants it).
+/// [`HttpStatus`](crate::HttpStatus) (and by any [`Classify::stamp`](crate::Classify::stamp) that wants it).
 #[derive(Debug, Clone)]
 pub struct Served(pub Arc<Upstream>);
 
