@@ -183,8 +183,7 @@ async fn nonsense_health_check_settings_are_refused_everywhere() {
             "{args:?}: {err}"
         );
     }
-    let dir = std::env::temp_dir().join(format!("upstreams-hostile-checks-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("hostile-checks");
     let file = dir.join("proxy.toml");
     let with = |interval: &str| {
         format!(
@@ -277,8 +276,7 @@ async fn the_max_conns_queue_is_first_in_first_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_client_that_gave_up_is_not_forwarded() {
     let (backend, seen) = recording_backend(Duration::from_millis(600)).await;
-    let dir = std::env::temp_dir().join(format!("upstreams-hostile-gone-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("hostile-gone");
     let log = dir.join("access.log");
     let p = proxy(
         &backend.to_string(),
@@ -371,8 +369,7 @@ fn duplicates<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_brought_back_by_reload_is_listed_once() {
     let (a, b) = (echo_backend().await, echo_backend().await);
-    let dir = std::env::temp_dir().join(format!("upstreams-hostile-dup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("hostile-dup");
     let file = dir.join("proxy.toml");
     let listen = free_port();
     let write = |upstreams: String| {
@@ -390,29 +387,14 @@ async fn an_upstream_brought_back_by_reload_is_listed_once() {
     let admin = p.addrs[1];
     // A session on b, kept open through both reloads.
     let mut session = TcpStream::connect(listen).await.unwrap();
-    session.write_all(b"x").await.unwrap();
-    let mut one = [0u8; 1];
-    session.read_exact(&mut one).await.unwrap();
-    let reloads = |n: usize| {
-        let log = log.clone();
-        async move {
-            wait_until("the reload", Duration::from_secs(5), async || {
-                std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .matches("proxy: reloaded ")
-                    .count()
-                    == n
-            })
-            .await
-        }
-    };
+    echo_once(&mut session, b"x").await;
     write(a.to_string());
     p.signal("-HUP");
-    reloads(1).await;
+    reloaded(&log, 1, Duration::from_secs(5)).await;
     assert_eq!(state_of(admin, &b.to_string()).await, "draining");
     write(format!("{a},{b}"));
     p.signal("-HUP");
-    reloads(2).await;
+    reloaded(&log, 2, Duration::from_secs(5)).await;
     let status: serde_json::Value =
         serde_json::from_str(&admin_get(admin, "/status.json").await).unwrap();
     let names: Vec<&str> = status["listeners"][0]["upstreams"]
@@ -427,9 +409,7 @@ async fn an_upstream_brought_back_by_reload_is_listed_once() {
     let dups = duplicates(series(&metrics));
     assert!(dups.is_empty(), "series with the same labels: {dups:?}");
     // The old session still works.
-    session.write_all(b"y").await.unwrap();
-    session.read_exact(&mut one).await.unwrap();
-    assert_eq!(&one, b"y");
+    echo_once(&mut session, b"y").await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -437,8 +417,7 @@ async fn an_upstream_brought_back_by_reload_is_listed_once() {
 /// page: 40 reloads that each replace 1 000 upstreams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_that_remove_upstreams_do_not_grow_memory() {
-    let dir = std::env::temp_dir().join(format!("upstreams-hostile-mem-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("hostile-mem");
     let file = dir.join("proxy.toml");
     let write = |round: u16| {
         let upstreams: Vec<String> = (0..1000u16)
@@ -463,15 +442,7 @@ async fn reloads_that_remove_upstreams_do_not_grow_memory() {
             round += 1;
             write(round);
             p.signal("-HUP");
-            let n = usize::from(round);
-            wait_until("the reload", Duration::from_secs(10), async || {
-                std::fs::read_to_string(&log)
-                    .unwrap_or_default()
-                    .matches("proxy: reloaded ")
-                    .count()
-                    == n
-            })
-            .await;
+            reloaded(&log, usize::from(round), Duration::from_secs(10)).await;
         }
     };
     reload_to(5).await;
@@ -623,8 +594,7 @@ async fn the_admin_path_compares_addresses_not_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptor_exhaustion_logs_a_line_a_second() {
     let echo = echo_backend().await;
-    let dir = std::env::temp_dir().join(format!("upstreams-hostile-fds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("hostile-fds");
     let log = dir.join("proxy.log");
     let p = spawn_under_logged(
         &["prlimit", "--nofile=64:64"],
@@ -675,8 +645,7 @@ async fn descriptor_exhaustion_logs_a_line_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_listener_shows_its_sessions_while_they_last() {
     let echo = echo_backend().await;
-    let dir = std::env::temp_dir().join(format!("upstreams-hostile-gone-l-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("hostile-gone-l");
     let file = dir.join("proxy.toml");
     let (a, b) = (free_port(), free_port());
     let listener =
@@ -690,17 +659,10 @@ async fn a_removed_listener_shows_its_sessions_while_they_last() {
     let p = spawn_logged(&["proxy", "--config", file.to_str().unwrap()], 3, &log);
     let admin = p.addrs[2];
     let mut session = TcpStream::connect(b).await.unwrap();
-    session.write_all(b"x").await.unwrap();
-    let mut one = [0u8; 1];
-    session.read_exact(&mut one).await.unwrap();
+    echo_once(&mut session, b"x").await;
     std::fs::write(&file, format!("admin = \"127.0.0.1:0\"\n{}", listener(a))).unwrap();
     p.signal("-HUP");
-    wait_until("the reload", Duration::from_secs(5), async || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("proxy: reloaded ")
-    })
-    .await;
+    reloaded(&log, 1, Duration::from_secs(5)).await;
     let listeners = async || -> Vec<serde_json::Value> {
         let status: serde_json::Value =
             serde_json::from_str(&admin_get(admin, "/status.json").await).unwrap();
@@ -714,8 +676,7 @@ async fn a_removed_listener_shows_its_sessions_while_they_last() {
     assert_eq!(gone["removed"], true);
     assert_eq!(gone["connections"], 1);
     assert_eq!(gone["accepted"], 1);
-    session.write_all(b"y").await.unwrap();
-    session.read_exact(&mut one).await.unwrap();
+    echo_once(&mut session, b"y").await;
     drop(session);
     wait_until(
         "the removed listener to go",

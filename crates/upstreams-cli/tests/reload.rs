@@ -7,32 +7,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("upstreams-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn listener_toml(listen: &str, upstreams: &str) -> String {
     format!("[[listener]]\nlisten = \"{listen}\"\nupstreams = \"{upstreams}\"\n")
-}
-
-async fn echo_once<S: AsyncReadExt + AsyncWriteExt + Unpin>(s: &mut S, what: &[u8]) {
-    s.write_all(what).await.unwrap();
-    let mut back = vec![0u8; what.len()];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(back, what);
 }
 
 /// An echo backend on a TCP port of loopback.

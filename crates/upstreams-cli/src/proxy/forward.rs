@@ -380,9 +380,7 @@ impl Listener {
             }
             // A missed wake-up costs at most 50 ms.
             let nap = (deadline - now).min(Duration::from_millis(50));
-            if sent.capacity() - sent.len() < READ_SIZE / 4 {
-                sent.reserve(READ_SIZE);
-            }
+            room_for_a_read(sent);
             let listen = !*client_done && sent.len() < REPLAY_LIMIT;
             tokio::select! {
                 () = ticket.wake.notified() => {}
@@ -899,6 +897,14 @@ fn is_local_exhaustion(err: &std::io::Error) -> bool {
         .is_some_and(|e| [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM].contains(&e))
 }
 
+/// Room for a full read in `buf`, made only when little is left: growing on every pass
+/// would reallocate (and copy) the kept bytes once per client message.
+fn room_for_a_read(buf: &mut Vec<u8>) {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+}
+
 /// Why a queued client left the queue without a pick.
 enum Unqueued {
     /// `queue_timeout` passed.
@@ -999,11 +1005,7 @@ where
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
-        // Room for a full read, made only when little is left: growing on every pass would
-        // reallocate (and copy) the kept bytes once per client message.
-        if sent.capacity() - sent.len() < READ_SIZE / 4 {
-            sent.reserve(READ_SIZE);
-        }
+        room_for_a_read(sent);
         tokio::select! {
             () = &mut timer => return on_expiry,
             read = backend.read_buf(answer) => match read {

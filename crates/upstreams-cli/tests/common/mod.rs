@@ -302,3 +302,34 @@ pub async fn black_hole() -> (SocketAddr, tokio::net::TcpListener, Vec<TcpStream
     );
     (addr, l, fillers)
 }
+
+/// A fresh scratch directory of this test process, named `name`.
+pub fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("upstreams-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes `what` on an echoed stream and checks that it comes back whole within 5 s.
+pub async fn echo_once<S: AsyncReadExt + AsyncWriteExt + Unpin>(s: &mut S, what: &[u8]) {
+    s.write_all(what).await.unwrap();
+    let mut back = vec![0u8; what.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, what);
+}
+
+/// Waits up to `limit` until `log` holds `n` completed reloads of the proxy.
+pub async fn reloaded(log: &std::path::Path, n: usize, limit: Duration) {
+    wait_until("the reload", limit, async || {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("proxy: reloaded ")
+            .count()
+            == n
+    })
+    .await;
+}
